@@ -1,0 +1,1 @@
+"""FHIR R4 knowledge: the shipped core definitions, FHIRPath, datatypes."""
