@@ -1,0 +1,25 @@
+"""Explicit configuration, built once by the CLI (or a test) and passed down; no global settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("samverka-data")
+    database: str | None = None  # postgresql://... ; None means SQLite in data_dir
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_bundle_entries: int = 10_000
+    max_json_depth: int = 256
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    validate_writes: bool = True
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/fhir"

@@ -1,0 +1,56 @@
+"""Statements and table maps shared by every SQL backend (qmark placeholders; PostgreSQL rewrites them)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from .base import Dialect, IndexRows
+
+# IndexRows field -> (table, columns in the field's tuple order); `res` is appended to every row.
+INDEX_TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("tokens", "idx_token", ("param", "system", "code")),
+    ("token_texts", "idx_token_text", ("param", "text")),
+    ("strings", "idx_string", ("param", "norm", "exact")),
+    ("dates", "idx_date", ("param", "lo", "hi")),
+    ("numbers", "idx_number", ("param", "lo", "hi")),
+    ("quantities", "idx_quantity", ("param", "system", "code", "lo", "hi")),
+    ("references", "idx_reference", ("param", "ref", "target_type", "target")),
+    ("uris", "idx_uri", ("param", "uri")),
+    ("composites", "idx_composite", ("param", "system1", "code1", "h2", "lo2", "hi2")),
+)
+
+
+def insert_index_sql(dialect: Dialect) -> dict[str, str]:
+    """One INSERT per index table, ignoring exact duplicates (a value indexed twice)."""
+    out = {}
+    for field, table, cols in INDEX_TABLES:
+        names = ", ".join((*cols, "res"))
+        marks = ", ".join("?" for _ in range(len(cols) + 1))
+        if dialect == "sqlite":
+            out[field] = f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})"
+        else:
+            out[field] = f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+    return out
+
+
+def index_rows_with_res(index: IndexRows, res: int) -> list[tuple[str, list[tuple[object, ...]]]]:
+    """Each non-empty IndexRows field with `res` appended to its rows."""
+    out: list[tuple[str, list[tuple[object, ...]]]] = []
+    for field, _table, _cols in INDEX_TABLES:
+        rows = getattr(index, field)
+        if rows:
+            out.append((field, [(*row, res) for row in rows]))
+    return out
+
+
+def migrations(dialect: Dialect) -> list[tuple[int, str]]:
+    """The versioned migration scripts of a dialect, in order: [(version, sql)]."""
+    folder = resources.files("samverka.store").joinpath("migrations", dialect)
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+INDEX_TABLE_NAMES = tuple(table for _f, table, _c in INDEX_TABLES)

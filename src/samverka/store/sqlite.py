@@ -1,0 +1,220 @@
+"""The embedded SQLite backend (stdlib sqlite3, WAL mode): one file, nothing else to run.
+
+Writers take the database write lock up front (`BEGIN IMMEDIATE`), so a unit of work sees a stable
+head for every resource it touches and versions stay contiguous across processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import Category, FhirError
+from ..fhir.instant import format_instant
+from . import integrity
+from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
+from .schema import INDEX_TABLE_NAMES, index_rows_with_res, insert_index_sql, migrations
+
+_INSERT = insert_index_sql("sqlite")
+_VERSION_COLS = "h.version, h.last_updated, h.method, h.data"
+
+
+def _version(type_: str, id_: str, row: Sequence[Any]) -> Version:
+    version, ts, method, data = row
+    return Version(type_, id_, version, format_instant(ts), method, bytes(data) if data is not None else None)
+
+
+def connect(path: Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA mmap_size = 268435456")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the database's `user_version`; return the version reached."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    for version, sql in migrations("sqlite"):
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        current = version
+    return int(current)
+
+
+class SqliteUnitOfWork:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def current(self, type: str, id: str) -> Current | None:
+        row = self._c.execute(
+            "SELECT pk, version, deleted FROM resources WHERE type = ? AND id = ?", (type, id)
+        ).fetchone()
+        return Current(row[0], row[1], bool(row[2])) if row else None
+
+    def read(self, type: str, id: str) -> Version | None:
+        return _read(self._c, type, id)
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._c.execute(sql, params).fetchall()
+
+    def lock(self, key: int) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already serialises every writer."""
+
+    def write(self, w: Write) -> None:
+        c = self._c
+        pk = w.previous_pk
+        if pk is None:
+            cur = c.execute(
+                "INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment)"
+                " VALUES (?, ?, ?, 0, ?, ?, ?)",
+                (w.type, w.id, w.version, w.data is None, w.last_updated_us, w.compartment),
+            )
+            pk = cur.lastrowid
+            assert pk is not None
+        else:
+            for table in INDEX_TABLE_NAMES:
+                c.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+        seq = c.execute(
+            "INSERT INTO history (pk, type, version, last_updated, method, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (pk, w.type, w.version, w.last_updated_us, w.method, w.data),
+        ).lastrowid
+        c.execute(
+            "UPDATE resources SET version = ?, seq = ?, deleted = ?, last_updated = ?, compartment = ?"
+            " WHERE pk = ?",
+            (w.version, seq, w.data is None, w.last_updated_us, w.compartment, pk),
+        )
+        if w.index is not None:
+            for field, rows in index_rows_with_res(w.index, pk):
+                c.executemany(_INSERT[field], rows)
+
+
+def _read(c: sqlite3.Connection, type_: str, id_: str) -> Version | None:
+    row = c.execute(
+        f"SELECT {_VERSION_COLS} FROM resources r JOIN history h ON h.seq = r.seq"
+        " WHERE r.type = ? AND r.id = ?",
+        (type_, id_),
+    ).fetchone()
+    return _version(type_, id_, row) if row else None
+
+
+class SqliteRepository:
+    """A Repository on one SQLite file. Safe to share between threads (calls are serialised)."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = connect(self.path)
+        self._lock = threading.RLock()
+        migrate(self._conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteUnitOfWork]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise FhirError.of(Category.BUSY, "the database is busy; try again") from exc
+                raise
+            try:
+                yield SqliteUnitOfWork(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def read(self, type: str, id: str) -> Version | None:
+        with self._lock:
+            return _read(self._conn, type, id)
+
+    def vread(self, type: str, id: str, version: int) -> Version | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_VERSION_COLS} FROM resources r JOIN history h ON h.pk = r.pk"
+                " WHERE r.type = ? AND r.id = ? AND h.version = ?",
+                (type, id, version),
+            ).fetchone()
+        return _version(type, id, row) if row else None
+
+    def _history_where(self, q: HistoryQuery) -> tuple[str, list[Any]]:
+        where, params = [], []
+        if q.type is not None:
+            where.append("h.type = ?")
+            params.append(q.type)
+        if q.id is not None:
+            where.append("r.id = ?")
+            params.append(q.id)
+        if q.since_us is not None:
+            where.append("h.last_updated >= ?")
+            params.append(q.since_us)
+        if q.at_us is not None:
+            # the version current at that instant: written before it, and not yet replaced
+            where.append("h.last_updated <= ? AND NOT EXISTS (SELECT 1 FROM history n WHERE n.pk = h.pk"
+                         " AND n.version > h.version AND n.last_updated <= ?)")
+            params += [q.at_us, q.at_us]
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def history(self, q: HistoryQuery) -> list[HistoryEntry]:
+        where, params = self._history_where(q)
+        if q.before_seq is not None:
+            where += (" AND " if where else " WHERE ") + "h.seq < ?"
+            params.append(q.before_seq)
+        sql = (f"SELECT h.seq, r.type, r.id, {_VERSION_COLS} FROM history h JOIN resources r ON r.pk = h.pk"
+               f"{where} ORDER BY h.seq DESC LIMIT ?")
+        with self._lock:
+            rows = self._conn.execute(sql, [*params, q.count]).fetchall()
+        return [HistoryEntry(r[0], _version(r[1], r[2], r[3:])) for r in rows]
+
+    def history_count(self, q: HistoryQuery) -> int:
+        where, params = self._history_where(q)
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT count(*) FROM history h JOIN resources r ON r.pk = h.pk{where}", params
+            ).fetchone()
+        return int(row[0])
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def iter_current(self, batch: int = 1000) -> Iterator[Version]:
+        last = 0
+        while True:
+            rows = self.fetch(
+                f"SELECT r.pk, r.type, r.id, {_VERSION_COLS} FROM resources r JOIN history h ON h.seq = r.seq"
+                " WHERE r.pk > ? AND r.deleted = 0 ORDER BY r.pk LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            for r in rows:
+                yield _version(r[1], r[2], r[3:])
+            last = rows[-1][0]
+
+    def check(self) -> list[str]:
+        return integrity.check(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
