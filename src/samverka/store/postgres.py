@@ -1,0 +1,263 @@
+"""The PostgreSQL backend (psycopg 3, pooled connections): the SqliteRepository contract for many processes.
+
+A unit of work is one transaction on one pooled connection. Writers lock a head with
+`SELECT ... FOR UPDATE`, so versions stay contiguous under concurrent writers; two creates of the same
+new (type, id) meet at the unique constraint and the loser gets a CONFLICT.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.adapt import Loader
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import Category, FhirError
+from ..fhir.instant import format_instant
+from . import integrity
+from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
+from .schema import INDEX_TABLE_NAMES, index_rows_with_res, insert_index_sql, migrations
+
+MIGRATION_LOCK_KEY = 0x73616D76_6D696772  # "samvmigr": serialises concurrent startups per database
+
+_VERSION_COLS = "h.version, h.last_updated, h.method, h.data"
+_DELETE_INDEX_ROWS = "WITH " + ", ".join(
+    f"d{i} AS (DELETE FROM {table} WHERE res = %(pk)s)" for i, table in enumerate(INDEX_TABLE_NAMES)
+) + " SELECT 1"
+# A new head and its first history row in one statement: the head takes the history seq up front.
+_CREATE = (
+    "WITH r AS (INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment)"
+    " VALUES (%(type)s, %(id)s, %(version)s, nextval(pg_get_serial_sequence('history', 'seq')),"
+    " %(deleted)s, %(lu)s, %(compartment)s) RETURNING pk, seq)"
+    " INSERT INTO history (seq, pk, type, version, last_updated, method, data)"
+    " SELECT seq, pk, %(type)s, %(version)s, %(lu)s, %(method)s, %(data)s::jsonb FROM r RETURNING pk"
+)
+_UPDATE = (
+    "WITH r AS (UPDATE resources SET version = %(version)s,"
+    " seq = nextval(pg_get_serial_sequence('history', 'seq')), deleted = %(deleted)s,"
+    " last_updated = %(lu)s, compartment = %(compartment)s WHERE pk = %(pk)s RETURNING pk, seq)"
+    " INSERT INTO history (seq, pk, type, version, last_updated, method, data)"
+    " SELECT seq, pk, %(type)s, %(version)s, %(lu)s, %(method)s, %(data)s::jsonb FROM r RETURNING pk"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def to_pyformat(sql: str) -> str:
+    """qmark (`?`) placeholders as psycopg's `%s`; literal `%` doubled. No `?` may appear in literals."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+_INSERT = {field: to_pyformat(sql) for field, sql in insert_index_sql("postgresql").items()}
+
+
+class _RawJsonbLoader(Loader):
+    """jsonb arrives as the UTF-8 bytes of its text form: the store never parses resources."""
+
+    def load(self, data: Any) -> bytes:
+        return bytes(data)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("jsonb", _RawJsonbLoader)
+
+
+def _version(type_: str, id_: str, row: Sequence[Any]) -> Version:
+    version, ts, method, data = row
+    return Version(type_, id_, version, format_instant(ts), method, data)
+
+
+def _read(conn: psycopg.Connection[Any], type_: str, id_: str) -> Version | None:
+    row = conn.execute(
+        f"SELECT {_VERSION_COLS} FROM resources r JOIN history h ON h.seq = r.seq"
+        " WHERE r.type = %s AND r.id = %s",
+        (type_, id_),
+    ).fetchone()
+    return _version(type_, id_, row) if row else None
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Apply every migration not yet in `schema_migrations`, under a session advisory lock."""
+    conn.execute("SELECT pg_advisory_lock(%s::bigint)", (MIGRATION_LOCK_KEY,))
+    try:
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        for version, script in migrations("postgresql"):
+            if version in applied:
+                continue
+            with conn.transaction():
+                conn.execute(script.encode())  # several statements, no parameters
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied.add(version)
+        return max(applied, default=0)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s::bigint)", (MIGRATION_LOCK_KEY,))
+
+
+class PostgresUnitOfWork:
+    """The UnitOfWork of one open transaction on one pooled connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._c = conn
+
+    def current(self, type: str, id: str) -> Current | None:
+        row = self._c.execute(
+            "SELECT pk, version, deleted FROM resources WHERE type = %s AND id = %s FOR UPDATE", (type, id)
+        ).fetchone()
+        return Current(row[0], row[1], bool(row[2])) if row else None
+
+    def read(self, type: str, id: str) -> Version | None:
+        return _read(self._c, type, id)
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._c.execute(to_pyformat(sql), params).fetchall()
+
+    def lock(self, key: int) -> None:
+        self._c.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (key,))
+
+    def write(self, w: Write) -> None:
+        args = {
+            "type": w.type, "id": w.id, "version": w.version, "deleted": int(w.data is None),
+            "lu": w.last_updated_us, "compartment": w.compartment, "method": w.method,
+            "data": w.data.decode("utf-8") if w.data is not None else None, "pk": w.previous_pk,
+        }
+        c = self._c
+        if w.previous_pk is None:
+            try:
+                row = c.execute(_CREATE, args).fetchone()
+            except pgerrors.UniqueViolation as exc:
+                raise FhirError.of(
+                    Category.CONFLICT, f"{w.type}/{w.id} was created concurrently; try again"
+                ) from exc
+        else:
+            c.execute(_DELETE_INDEX_ROWS, args)
+            row = c.execute(_UPDATE, args).fetchone()
+        if row is None:
+            raise FhirError.of(Category.CONFLICT, f"{w.type}/{w.id} disappeared during the write")
+        if w.index is not None:
+            with c.cursor() as cur:
+                for field, rows in index_rows_with_res(w.index, row[0]):
+                    cur.executemany(_INSERT[field], rows)
+
+
+class PostgresRepository:
+    """A Repository on a PostgreSQL database. Thread-safe; each call borrows a pooled connection."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 8, timeout: float = 30.0) -> None:
+        self.url = url
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
+            kwargs={"autocommit": True}, configure=_configure, name="samverka",
+        )
+        self._pool.open(wait=True, timeout=timeout)
+        try:
+            with self._pool.connection() as conn:
+                migrate(conn)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise FhirError.of(Category.BUSY, "no database connection available; try again") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[PostgresUnitOfWork]:
+        with self._connection() as conn:
+            try:
+                with conn.transaction():
+                    yield PostgresUnitOfWork(conn)
+            except (pgerrors.DeadlockDetected, pgerrors.LockNotAvailable) as exc:
+                raise FhirError.of(Category.BUSY, "the database is busy; try again") from exc
+
+    def read(self, type: str, id: str) -> Version | None:
+        with self._connection() as conn:
+            return _read(conn, type, id)
+
+    def vread(self, type: str, id: str, version: int) -> Version | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT {_VERSION_COLS} FROM resources r JOIN history h ON h.pk = r.pk"
+                " WHERE r.type = %s AND r.id = %s AND h.version = %s",
+                (type, id, version),
+            ).fetchone()
+        return _version(type, id, row) if row else None
+
+    @staticmethod
+    def _history_where(q: HistoryQuery) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if q.type is not None:
+            where.append("h.type = %s")
+            params.append(q.type)
+        if q.id is not None:
+            where.append("r.id = %s")
+            params.append(q.id)
+        if q.since_us is not None:
+            where.append("h.last_updated >= %s")
+            params.append(q.since_us)
+        if q.at_us is not None:
+            # the version current at that instant: written before it, and not yet replaced
+            where.append("h.last_updated <= %s AND NOT EXISTS (SELECT 1 FROM history n WHERE n.pk = h.pk"
+                         " AND n.version > h.version AND n.last_updated <= %s)")
+            params += [q.at_us, q.at_us]
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def history(self, q: HistoryQuery) -> list[HistoryEntry]:
+        where, params = self._history_where(q)
+        if q.before_seq is not None:
+            where += (" AND " if where else " WHERE ") + "h.seq < %s"
+            params.append(q.before_seq)
+        sql = (f"SELECT h.seq, r.type, r.id, {_VERSION_COLS} FROM history h JOIN resources r ON r.pk = h.pk"
+               f"{where} ORDER BY h.seq DESC LIMIT %s")
+        with self._connection() as conn:
+            rows = conn.execute(sql, [*params, q.count]).fetchall()
+        return [HistoryEntry(r[0], _version(r[1], r[2], r[3:])) for r in rows]
+
+    def history_count(self, q: HistoryQuery) -> int:
+        where, params = self._history_where(q)
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM history h JOIN resources r ON r.pk = h.pk{where}", params
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._connection() as conn:
+            return conn.execute(to_pyformat(sql), params).fetchall()
+
+    def iter_current(self, batch: int = 1000) -> Iterator[Version]:
+        last = 0
+        while True:
+            with self._connection() as conn:
+                rows = conn.execute(
+                    f"SELECT r.pk, r.type, r.id, {_VERSION_COLS} FROM resources r"
+                    " JOIN history h ON h.seq = r.seq WHERE r.pk > %s AND r.deleted = 0"
+                    " ORDER BY r.pk LIMIT %s",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield _version(r[1], r[2], r[3:])
+            last = rows[-1][0]
+
+    def check(self) -> list[str]:
+        return integrity.check(self)
+
+    def close(self) -> None:
+        self._pool.close()
