@@ -83,11 +83,14 @@ class SqliteUnitOfWork:
         c = self._c
         pk = w.previous_pk
         if pk is None:
-            cur = c.execute(
-                "INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment)"
-                " VALUES (?, ?, ?, 0, ?, ?, ?)",
-                (w.type, w.id, w.version, w.data is None, w.last_updated_us, w.compartment),
-            )
+            try:
+                cur = c.execute(
+                    "INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment)"
+                    " VALUES (?, ?, ?, 0, ?, ?, ?)",
+                    (w.type, w.id, w.version, w.data is None, w.last_updated_us, w.compartment),
+                )
+            except sqlite3.IntegrityError as exc:  # a create for an id that exists: same as PostgreSQL
+                raise FhirError.of(Category.CONFLICT, f"{w.type}/{w.id} exists already") from exc
             pk = cur.lastrowid
             assert pk is not None
         else:
@@ -158,7 +161,8 @@ class SqliteRepository:
         return _version(type, id, row) if row else None
 
     def _history_where(self, q: HistoryQuery) -> tuple[str, list[Any]]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if q.type is not None:
             where.append("h.type = ?")
             params.append(q.type)
