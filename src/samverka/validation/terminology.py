@@ -81,18 +81,18 @@ class Terminology:
             if exp is None:
                 raise _Cannot(ref)
             imported.append(exp)
-        system = inc.get("system")
+        system: str | None = inc.get("system")
         if system is None:
             if not imported:
                 raise _Cannot("include without system or valueSet")
             out: dict[str, set[str]] = {}
             for exp in imported:
-                for s, codes in exp.items():
-                    out.setdefault(s, set()).update(codes)
+                for s, members in exp.items():
+                    out.setdefault(s, set()).update(members)
             return out
         codes = self._system_codes(system, inc)
         for exp in imported:  # system and valueSet together mean the intersection
-            codes &= exp.get(system, frozenset())
+            codes &= set(exp.get(system, ()))
         return {system: codes}
 
     def _system_codes(self, system: str, inc: dict[str, Any]) -> set[str]:

@@ -56,15 +56,20 @@ class Validator:
         """Every problem found in `resource`; `[]` when it is valid."""
         issues: list[Issue] = []
         if type(resource) is not dict:
-            issues.append(_err("structure", f"A resource must be a JSON object, got {json_kind(resource)}",
-                               expected_type))
+            issues.append(
+                _err(
+                    "structure", f"A resource must be a JSON object, got {json_kind(resource)}", expected_type
+                )
+            )
             return issues
         rt = resource.get("resourceType")
-        if expected_type is not None and rt != expected_type:
-            if type(rt) is str and rt:
-                text = f"resourceType '{rt}' does not match the expected type '{expected_type}'"
-                issues.append(_err("invalid", text, rt))
-        root = rt if type(rt) is str and rt in self._resources else expected_type or "Resource"
+        if expected_type is not None and rt != expected_type and type(rt) is str and rt:
+            text = f"resourceType '{rt}' does not match the expected type '{expected_type}'"
+            issues.append(_err("invalid", text, rt))
+        if type(rt) is str and rt in self._resources:
+            root = rt
+        else:
+            root = expected_type or (rt if type(rt) is str and rt else "Resource")
         self._resource(resource, root, issues)
         return issues
 
@@ -79,8 +84,6 @@ class Validator:
         if model is None:
             issues.append(_err("invalid", f"Unknown resource type {rt!r}", path))
             return
-        if not res.keys() - {"resourceType"}:
-            issues.append(_err("structure", f"{rt} has no content", path))
         self._obj(res, model, path, issues)
 
     def _obj(self, obj: dict[str, Any], model: TypeModel, path: str, issues: list[Issue]) -> None:
@@ -205,16 +208,17 @@ class Validator:
             issues.append(_err("structure", text, p))
         for i, item in enumerate(value):
             if item is None:
-                if not (type(values) is list and i < len(values) and values[i] is not None):
-                    if values is None:
-                        text = f"null in '_{key}' needs a matching value in '{key}'"
-                        issues.append(_err("structure", text, f"{p}[{i}]"))
+                if values is None:
+                    text = f"null in '_{key}' needs a matching value in '{key}'"
+                    issues.append(_err("structure", text, f"{p}[{i}]"))
                 continue
             self._element(item, f"{p}[{i}]", issues)
 
     def _element(self, value: Any, p: str, issues: list[Issue]) -> None:
         if type(value) is not dict:
-            issues.append(_err("structure", f"Primitive extension must be a JSON object, got {json_kind(value)}", p))
+            issues.append(
+                _err("structure", f"Primitive extension must be a JSON object, got {json_kind(value)}", p)
+            )
         elif not value:
             issues.append(_err("structure", "Empty objects are not allowed", p))
         else:
@@ -243,7 +247,9 @@ class Validator:
             return
         if len(hits) == 1:
             i, c = hits[0]
-            text = f"Code {c.get('code')!r} from {c['system']} is not in the required value set {elem.binding}"
+            text = (
+                f"Code {c.get('code')!r} from {c['system']} is not in the required value set {elem.binding}"
+            )
             issues.append(_err("code-invalid", text, f"{p}.coding[{i}].code"))
         else:
             text = f"None of the codings is in the required value set {elem.binding}"
@@ -257,7 +263,9 @@ class Validator:
             if name in self._types:
                 declared = name
                 if elem.targets is not None and name not in elem.targets:
-                    text = f"Reference.type {name} is not an allowed target ({', '.join(sorted(elem.targets))})"
+                    text = (
+                        f"Reference.type {name} is not an allowed target ({', '.join(sorted(elem.targets))})"
+                    )
                     issues.append(_err("invalid", text, f"{p}.type"))
         ref = value.get("reference")
         if type(ref) is not str or not ref:
