@@ -292,6 +292,19 @@ def test_unexpandable_binding_is_skipped() -> None:
 
 def test_resource_type_missing() -> None:
     assert [(i.code, i.expression) for i in check({"id": "x"}, "Patient")] == [("required", "Patient")]
+    # the content is still checked against the expected type
+    got = [(i.code, i.expression) for i in check({"id": "x", "foo": 1}, "Patient")]
+    assert got == [("required", "Patient"), ("structure", "Patient.foo")]
+    assert [(i.code, i.expression) for i in check({"id": "x"})] == [("required", "Resource")]
+
+
+def test_deep_nesting_is_reported_not_raised() -> None:
+    item: dict[str, Any] = {"linkId": "leaf", "type": "display"}
+    for n in range(2000):
+        item = {"linkId": str(n), "type": "group", "item": [item]}
+    questionnaire = {"resourceType": "Questionnaire", "status": "draft", "item": [item]}
+    issue = one(questionnaire, "Questionnaire")
+    assert (issue.code, issue.expression) == ("structure", "Questionnaire")
 
 
 def test_resource_type_unknown() -> None:

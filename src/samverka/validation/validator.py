@@ -66,11 +66,19 @@ class Validator:
         if expected_type is not None and rt != expected_type and type(rt) is str and rt:
             text = f"resourceType '{rt}' does not match the expected type '{expected_type}'"
             issues.append(_err("invalid", text, rt))
-        if type(rt) is str and rt in self._resources:
-            root = rt
-        else:
-            root = expected_type or (rt if type(rt) is str and rt else "Resource")
-        self._resource(resource, root, issues)
+        try:
+            if rt is None and expected_type in self._resources:
+                # report the missing resourceType, then still check the content against the expected type
+                issues.append(_err("required", "resourceType is missing", expected_type))
+                self._obj(resource, self._resources[expected_type], expected_type, issues)
+            elif type(rt) is str and rt in self._resources:
+                self._resource(resource, rt, issues)
+            else:
+                self._resource(
+                    resource, expected_type or (rt if type(rt) is str and rt else "Resource"), issues
+                )
+        except RecursionError:
+            issues.append(_err("structure", "The resource is nested too deeply to validate", expected_type))
         return issues
 
     # -- walking -------------------------------------------------------------------------------
