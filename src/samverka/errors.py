@@ -65,6 +65,24 @@ _DEFAULT_CODE = {
 }
 
 
+STATUS = {
+    Category.INVALID: 400,
+    Category.UNPROCESSABLE: 422,
+    Category.NOT_FOUND: 404,
+    Category.GONE: 410,
+    Category.CONFLICT: 409,
+    Category.PRECONDITION: 412,
+    Category.TOO_LARGE: 413,
+    Category.UNSUPPORTED: 501,
+    Category.UNSUPPORTED_MEDIA: 415,
+    Category.NOT_ACCEPTABLE: 406,
+    Category.FORBIDDEN: 403,
+    Category.UNAUTHORIZED: 401,
+    Category.METHOD_NOT_ALLOWED: 405,
+    Category.BUSY: 503,
+}
+
+
 @dataclass
 class FhirError(Exception):
     """An expected failure that the client can act on. Carries one or more issues."""
@@ -107,3 +125,9 @@ def precondition(diagnostics: str) -> FhirError:
 
 def unprocessable(diagnostics: str, expression: str | None = None, code: str = "processing") -> FhirError:
     return FhirError.of(Category.UNPROCESSABLE, diagnostics, expression, code)
+
+
+def to_outcome(exc: FhirError) -> tuple[int, dict[str, object]]:
+    """The one mapping from an error to (HTTP status, OperationOutcome), used by the API and by batch."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in exc.issues]}
+    return STATUS[exc.category], outcome

@@ -1,1 +1,1 @@
-"""samverka.api"""
+"""The HTTP layer: routing, content negotiation, and errors -> OperationOutcome (in one place)."""

@@ -1,0 +1,156 @@
+"""The ASGI application: routes FHIR REST requests to interaction handlers. https://hl7.org/fhir/R4/http.html
+
+Handlers run inline on the event loop: reads against the embedded store take microseconds, and a
+thread-pool hop would cost more than the read itself (see docs/architecture.md). Throughput across
+cores comes from `--workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import Category, FhirError, invalid
+from ..interactions import (
+    batch,
+    capabilities,
+    create,
+    delete,
+    history,
+    patch,
+    read,
+    search,
+    transaction,
+    update,
+    validate,
+)
+from ..interactions.context import Result, Services
+from .formats import JSON, XML, parse_body, read_body, render, response_format
+from .outcome import error_response
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _prefer(request: Request) -> dict[str, str]:
+    out = {}
+    for part in request.headers.get("prefer", "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            if key:
+                out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+class FhirApi:
+    """Holds the services and turns one HTTP request into one handler call."""
+
+    def __init__(self, services: Services) -> None:
+        self.svc = services
+        self._metadata: dict[str, Any] | None = None
+
+    def base(self, request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}/fhir"
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            fmt = response_format(request)
+            prefer = _prefer(request)
+            result = await self.dispatch(request, prefer)
+            return render(request, result, fmt, prefer.get("return"))
+        except Exception as exc:  # the one place errors become OperationOutcomes
+            return error_response(exc)
+
+    async def _body(self, request: Request, patch_: bool = False) -> Any:
+        raw = await read_body(request, self.svc.settings.max_body_bytes)
+        return parse_body(raw, request.headers.get("content-type", JSON), patch_)
+
+    async def dispatch(self, request: Request, prefer: dict[str, str]) -> Result:
+        svc, method = self.svc, request.method
+        parts = [p for p in request.path_params.get("path", "").split("/") if p]
+        query = request.url.query
+        pairs = parse_qsl(query, keep_blank_values=True)
+        base = self.base(request)
+        strict = prefer.get("handling") == "strict"
+        h = request.headers
+        n = len(parts)
+        if n == 0:
+            if method == "POST":
+                body = await self._body(request)
+                kind = body.get("type") if isinstance(body, dict) else None
+                representation = prefer.get("return") == "representation"
+                if kind == "transaction":
+                    return transaction.transaction(svc, base, body, representation)
+                return batch.batch(svc, base, body, representation)
+            if method in ("GET", "HEAD"):
+                return search.search(svc, base, None, pairs, strict)
+        elif parts[0] == "metadata" and n == 1 and method in ("GET", "HEAD"):
+            formats = (JSON, "application/json", XML)
+            return Result(200, resource=capabilities.capability_statement(svc.registry, base, formats))
+        elif parts[0] == "_history" and n == 1 and method in ("GET", "HEAD"):
+            return history.history(svc, base, None, None, pairs)
+        elif n == 1:
+            type_ = parts[0]
+            if method in ("GET", "HEAD"):
+                return search.search(svc, base, type_, pairs, strict)
+            if method == "POST":
+                return create.create(svc, type_, await self._body(request), h.get("if-none-exist"))
+            if method == "PUT":
+                return update.conditional_update(svc, type_, query, await self._body(request), h.get("if-match"))
+            if method == "DELETE":
+                return delete.conditional_delete(svc, type_, query)
+            if method == "PATCH":
+                return patch.patch(svc, type_, None, await self._body(request, True), h.get("if-match"), query)
+        elif n == 2 and parts[1] == "_search" and method == "POST":
+            raw = await read_body(request, svc.settings.max_body_bytes)
+            ctype = h.get("content-type", "").split(";")[0].strip()
+            if raw and ctype != "application/x-www-form-urlencoded":
+                raise FhirError.of(Category.UNSUPPORTED_MEDIA, "POST _search takes application/x-www-form-urlencoded")
+            form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+            return search.search(svc, base, parts[0], [*pairs, *form], strict)
+        elif n == 2 and parts[1] == "_history" and method in ("GET", "HEAD"):
+            return history.history(svc, base, parts[0], None, pairs)
+        elif n == 2 and parts[1] == "$validate" and method == "POST":
+            return validate.validate_operation(svc, parts[0], None, await self._body(request))
+        elif n == 2 and not parts[1].startswith(("$", "_")):
+            type_, id_ = parts
+            if method in ("GET", "HEAD"):
+                return read.read(svc, type_, id_, h.get("if-none-match"), h.get("if-modified-since"))
+            if method == "PUT":
+                return update.update(svc, type_, id_, await self._body(request), h.get("if-match"))
+            if method == "DELETE":
+                return delete.delete(svc, type_, id_, h.get("if-match"))
+            if method == "PATCH":
+                return patch.patch(svc, type_, id_, await self._body(request, True), h.get("if-match"))
+        elif n == 3 and parts[2] == "_history" and method in ("GET", "HEAD"):
+            return history.history(svc, base, parts[0], parts[1], pairs)
+        elif n == 3 and parts[2] == "$validate" and method == "POST":
+            return validate.validate_operation(svc, parts[0], parts[1], await self._body(request))
+        elif n == 4 and parts[2] == "_history" and method in ("GET", "HEAD"):
+            return read.vread(svc, parts[0], parts[1], parts[3])
+        if n >= 1 and parts[-1].startswith("$"):
+            raise FhirError.of(Category.UNSUPPORTED, f"operation {parts[-1]} is not supported", code="not-supported")
+        if method not in _METHODS:
+            raise FhirError.of(Category.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
+        raise invalid(f"{method} /fhir/{'/'.join(parts)} is not a FHIR interaction this server knows", None,
+                      "not-supported")
+
+
+async def _health(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', 200, media_type="application/json")
+
+
+def create_app(services: Services) -> Starlette:
+    api = FhirApi(services)
+    routes = [
+        Route("/healthz", _health, methods=["GET"]),
+        Route("/fhir", api.handle, methods=_METHODS),
+        Route("/fhir/{path:path}", api.handle, methods=_METHODS),
+    ]
+    app = Starlette(routes=routes)
+    app.state.services = services
+    return app

@@ -1,0 +1,40 @@
+"""Building the services from Settings, and the ASGI app factory that uvicorn workers call."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from ..config import Settings
+from ..interactions.context import Services
+from ..search.params import Registry
+from ..store import open_repository
+from ..validation import Validator
+from .app import create_app
+
+SETTINGS_ENV = "SAMVERKA_SETTINGS"
+
+
+def build_services(settings: Settings) -> Services:
+    repo = open_repository(settings.data_dir, settings.database)
+    validator = Validator.default() if settings.validate_writes else None
+    return Services(repo, Registry.default(), validator, settings)
+
+
+def settings_to_env(settings: Settings) -> str:
+    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()})
+
+
+def settings_from_env() -> Settings:
+    raw = json.loads(os.environ[SETTINGS_ENV])
+    raw["data_dir"] = Path(raw["data_dir"])
+    return Settings(**raw)
+
+
+def app_from_env() -> Starlette:
+    """The uvicorn factory (`--workers N` starts one per process)."""
+    return create_app(build_services(settings_from_env()))

@@ -1,0 +1,63 @@
+"""capabilities: the CapabilityStatement at GET [base]/metadata, https://hl7.org/fhir/R4/http.html#capabilities
+
+It states exactly what this server does, built from the same registries the handlers use.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from .. import __version__
+from ..fhir.definitions import resource_types
+from ..search.params import Registry
+
+_TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
+                      "create", "search-type")
+_SEARCHABLE = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
+
+
+def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "publisher": "Samverka",
+        "kind": "instance",
+        "software": {"name": "Samverka", "version": __version__},
+        "implementation": {"description": "Samverka shared care record", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": list(formats),
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [_resource(registry, t) for t in sorted(resource_types())],
+            "interaction": [{"code": c} for c in ("transaction", "batch", "search-system", "history-system")],
+            "operation": [{"name": "validate",
+                           "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+        }],
+    }
+
+
+@cache
+def _searchable(registry: Registry, type_: str) -> tuple[tuple[str, str, str], ...]:
+    return tuple(sorted((p.code, p.type, p.url) for p in registry.for_type(type_) if p.type in _SEARCHABLE))
+
+
+def _resource(registry: Registry, type_: str) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+        "interaction": [{"code": c} for c in _TYPE_INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "referencePolicy": ["literal"],
+        "searchParam": [{"name": code, "type": t, "definition": url} for code, t, url in _searchable(registry, type_)],
+        "operation": [{"name": "validate",
+                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+    }
