@@ -91,7 +91,10 @@ class Registry:
                 raise ValueError(f"search parameter id collision: {p.url} and {other} -> {p.id}")
             ids[p.id] = p.url
             self._params[p.url] = p
-        self._by_type: dict[str, dict[str, SearchParam]] = {t: {} for t in resource_types()}
+        # "Resource" / "DomainResource" hold only the generic parameters (for system-level search)
+        self._by_type: dict[str, dict[str, SearchParam]] = {
+            t: {} for t in (*sorted(resource_types()), "Resource", "DomainResource")
+        }
         generic: list[tuple[str, SearchParam]] = []
         for p in self._params.values():
             for b in p.base:
