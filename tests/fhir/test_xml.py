@@ -30,9 +30,7 @@ def _twins() -> list[Any]:
             if json_file.exists():
                 reason = DIFFERENT_SOURCES.get(xml_file.stem)
                 marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-                pairs.append(
-                    pytest.param(xml_file, json_file, marks=marks, id=f"{folder.name}/{xml_file.stem}")
-                )
+                pairs.append(pytest.param(xml_file, json_file, marks=marks, id=f"{folder.name}/{xml_file.stem}"))
     return pairs
 
 
@@ -127,9 +125,7 @@ def test_contained_and_bundle_resources_are_nested_resources() -> None:
         b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
         b'<Patient xmlns="http://hl7.org/fhir"><id value="&lol2;"/></Patient>',
         b'<!DOCTYPE Patient SYSTEM "http://evil.example/x.dtd"><Patient xmlns="http://hl7.org/fhir"/>',
-        "<?xml version='1.0' encoding='utf-16'?><!DOCTYPE x []><Patient xmlns='http://hl7.org/fhir'/>".encode(
-            "utf-16"
-        ),
+        "<?xml version='1.0' encoding='utf-16'?><!DOCTYPE x []><Patient xmlns='http://hl7.org/fhir'/>".encode("utf-16"),
     ],
     ids=["billion-laughs", "external-dtd", "utf16-doctype"],
 )
@@ -160,6 +156,5 @@ def test_to_xml_orders_elements_by_the_structure_definition() -> None:
     """Elements come out in StructureDefinition order whatever the JSON key order."""
     xml = to_xml({"gender": "male", "id": "p", "resourceType": "Patient", "active": False})
     assert xml.endswith(
-        b'<Patient xmlns="http://hl7.org/fhir"><id value="p"/><active value="false"/>'
-        b'<gender value="male"/></Patient>'
+        b'<Patient xmlns="http://hl7.org/fhir"><id value="p"/><active value="false"/><gender value="male"/></Patient>'
     )

@@ -23,6 +23,7 @@ import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream
 from antlr4.error.ErrorListener import ErrorListener
 from antlr4.tree.Tree import ParseTreeWalker
+from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
@@ -113,7 +114,8 @@ def _resolve_fn(root: Any, resolver: Resolver | None) -> Callable[..., list[Any]
             if target is None:
                 target = reference_target(ref, root if isinstance(root, Mapping) else None)
             if target is not None:
-                out.append(target)
+                # A ResourceNode carries the resource type, so `is`/`ofType()` see e.g. Patient.
+                out.append(ResourceNode.create_node(target))
         return out
 
     return resolve
@@ -179,9 +181,7 @@ def compile(expression: str) -> CompiledExpression:
     sorts = _rewrite_sorts(parsed)
     constants = _spec_constants(parsed)
 
-    def run(
-        resource: Any, env: Mapping[str, Any] | None = None, *, resolver: Resolver | None = None
-    ) -> list[Any]:
+    def run(resource: Any, env: Mapping[str, Any] | None = None, *, resolver: Resolver | None = None) -> list[Any]:
         table = {**fhirpath_fixes.FUNCTIONS, **fhirpath_extensions.FUNCTIONS}
         table.update({name: fhirpath_extensions.sort_function(dirs) for name, dirs in sorts.items()})
         table["resolve"] = {"fn": _resolve_fn(resource, resolver)}

@@ -132,9 +132,7 @@ def _boundary(high: bool) -> Callable[..., list[Any]]:
         if isinstance(value, bool):
             return []
         if isinstance(value, int | Decimal):
-            result = _decimal_boundary(
-                value, _DEFAULT_PRECISION if precision in (None, []) else precision, high
-            )
+            result = _decimal_boundary(value, _DEFAULT_PRECISION if precision in (None, []) else precision, high)
         elif isinstance(value, FP_Quantity):
             p = _DEFAULT_PRECISION if precision in (None, []) else precision
             number = _decimal_boundary(value.value, p, high)
