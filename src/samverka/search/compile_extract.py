@@ -99,6 +99,9 @@ class Compiled:
         return out
 
 
+_PY_TYPES = {"str": "string", "bool": "boolean", "int": "integer", "float": "decimal", "Decimal": "decimal"}
+
+
 def fhirpath_values(resource: dict[str, Any], expression: str) -> list[tuple[Any, str]]:
     """Evaluate with fhirpathpy (R4 model), returning raw JSON values with their FHIR types."""
     from fhirpathpy import evaluate
@@ -108,7 +111,9 @@ def fhirpath_values(resource: dict[str, Any], expression: str) -> list[tuple[Any
     for node in evaluate(resource, expression, {}, models["r4"], {"returnRawData": True}):
         data = getattr(node, "data", node)
         path = getattr(node, "path", None)
-        out.append((data, path if isinstance(path, str) and "." not in path else type(data).__name__))
+        if not (isinstance(path, str) and path and "." not in path):
+            path = _PY_TYPES.get(type(data).__name__, "")  # computed values carry no FHIR type
+        out.append((data, path))
     return out
 
 
