@@ -445,3 +445,45 @@ def test_unit_of_work_reads_its_own_writes(repo: Repository) -> None:
         assert v is not None and v.version == 2
     assert repo.history_count(HistoryQuery(id="p1")) == 2
     assert repo.check() == []
+
+
+def test_bundle_sized_transaction_stores_exactly_the_final_index_rows(repo: Repository) -> None:
+    """Many writes in one transaction (one resource twice, duplicate rows) leave only the final rows."""
+    with repo.transaction() as uow:
+        for i in range(60):
+            idx = full_index(f"r{i}")
+            idx.references.append((7, 71, "Patient", "duplicate key, other target"))
+            idx.tokens.append((1, 11, 12))
+            uow.write(Write("Observation", f"o{i}", 1, format_instant(T0), T0, "POST",
+                            doc("Observation", f"o{i}"), idx))
+        cur = uow.current("Observation", "o0")
+        assert cur is not None
+        uow.write(Write("Observation", "o0", 2, format_instant(T0 + 1), T0 + 1, "PUT",
+                        doc("Observation", "o0"), IndexRows(uris=[(8, "urn:final")]), previous_pk=cur.pk))
+        inside = uow.fetch("SELECT count(*) FROM idx_token", [])
+        assert inside == [(59,)]  # searches inside the transaction see its own index rows
+        for i in range(60, 120):
+            uow.write(Write("Observation", f"o{i}", 1, format_instant(T0), T0, "POST",
+                            doc("Observation", f"o{i}"), full_index(f"r{i}")))
+    assert index_counts(repo, "Observation", "o0") == {**dict.fromkeys(ALL_TABLES, 0), "idx_uri": 1}
+    assert index_counts(repo, "Observation", "o1") == dict.fromkeys(ALL_TABLES, 1)
+    assert repo.fetch("SELECT count(*) FROM idx_reference", []) == [(119,)]
+    assert repo.fetch("SELECT target FROM idx_reference x JOIN resources r ON r.pk = x.res WHERE r.id = ?",
+                      ["o7"]) == [("p-r7",)]
+    assert repo.check() == []
+
+
+def test_writing_an_existing_version_number_conflicts(repo: Repository) -> None:
+    """A stale writer that reuses a version number gets CONFLICT; the stored history is unchanged."""
+    put(repo, "Patient", "p1", name="one")
+    put(repo, "Patient", "p1", name="two")
+    with repo.transaction() as uow:
+        cur = uow.current("Patient", "p1")
+    assert cur is not None
+    with pytest.raises(FhirError) as info, repo.transaction() as uow:
+        uow.write(Write("Patient", "p1", 2, format_instant(T0), T0, "PUT", doc("Patient", "p1", name="stale"),
+                        IndexRows(), previous_pk=cur.pk))
+    assert info.value.category is Category.CONFLICT
+    v = repo.read("Patient", "p1")
+    assert v is not None and v.version == 2 and body(v.data)["name"] == "two"
+    assert repo.check() == []

@@ -8,7 +8,7 @@ new (type, id) meet at the unique constraint and the loser gets a CONFLICT.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
 from . import integrity
 from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
-from .schema import INDEX_TABLE_NAMES, index_rows_with_res, insert_index_sql, migrations
+from .schema import INDEX_TABLE_NAMES, INDEX_TABLES, index_rows_with_res, insert_index_sql, migrations
 
 MIGRATION_LOCK_KEY = 0x73616D76_6D696772  # "samvmigr": serialises concurrent startups per database
 
@@ -53,6 +53,13 @@ def to_pyformat(sql: str) -> str:
 
 
 _INSERT = {field: to_pyformat(sql) for field, sql in insert_index_sql("postgresql").items()}
+_COPY = {field: f"COPY {table} ({', '.join((*cols, 'res'))}) FROM STDIN" for field, table, cols in INDEX_TABLES}
+# The primary key of each index row: every column, except references (param, ref, res).
+_KEY: dict[str, Callable[[tuple[object, ...]], tuple[object, ...]]] = {
+    field: (lambda r: (r[0], r[1], r[-1])) if field == "references" else (lambda r: r)
+    for field, _t, _c in INDEX_TABLES
+}
+COPY_MIN_ROWS = 64  # below this many buffered index rows, pipelined INSERTs beat COPY (fewer round trips)
 
 
 class _RawJsonbLoader(Loader):
@@ -103,10 +110,16 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
 
 
 class PostgresUnitOfWork:
-    """The UnitOfWork of one open transaction on one pooled connection."""
+    """The UnitOfWork of one open transaction on one pooled connection.
+
+    Index rows are buffered and written in bulk before any statement that could read them (`fetch`)
+    and before commit: a handful with pipelined INSERTs, a bundle's worth with one COPY per table.
+    """
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._c = conn
+        self._pending: dict[str, list[tuple[object, ...]]] = {}
+        self._pending_pks: set[int] = set()
 
     def current(self, type: str, id: str) -> Current | None:
         row = self._c.execute(
@@ -118,6 +131,7 @@ class PostgresUnitOfWork:
         return _read(self._c, type, id)
 
     def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self.flush()
         return self._c.execute(to_pyformat(sql), params).fetchall()
 
     def lock(self, key: int) -> None:
@@ -130,22 +144,45 @@ class PostgresUnitOfWork:
             "data": w.data.decode("utf-8") if w.data is not None else None, "pk": w.previous_pk,
         }
         c = self._c
-        if w.previous_pk is None:
-            try:
+        try:
+            if w.previous_pk is None:
                 row = c.execute(_CREATE, args).fetchone()
-            except pgerrors.UniqueViolation as exc:
-                raise FhirError.of(
-                    Category.CONFLICT, f"{w.type}/{w.id} was created concurrently; try again"
-                ) from exc
-        else:
-            c.execute(_DELETE_INDEX_ROWS, args)
-            row = c.execute(_UPDATE, args).fetchone()
+            else:
+                if w.previous_pk in self._pending_pks:
+                    self.flush()  # its rows from earlier in this transaction must go before the DELETE
+                with c.pipeline():
+                    c.execute(_DELETE_INDEX_ROWS, args)
+                    row = c.execute(_UPDATE, args).fetchone()
+        except pgerrors.UniqueViolation as exc:
+            raise FhirError.of(
+                Category.CONFLICT, f"{w.type}/{w.id} version {w.version} was written concurrently; try again"
+            ) from exc
         if row is None:
             raise FhirError.of(Category.CONFLICT, f"{w.type}/{w.id} disappeared during the write")
         if w.index is not None:
-            with c.cursor() as cur:
-                for field, rows in index_rows_with_res(w.index, row[0]):
+            for field, rows in index_rows_with_res(w.index, row[0]):
+                self._pending.setdefault(field, []).extend(rows)
+            self._pending_pks.add(row[0])
+
+    def flush(self) -> None:
+        """Write the buffered index rows."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        self._pending_pks.clear()
+        c = self._c
+        if sum(len(rows) for rows in pending.values()) < COPY_MIN_ROWS:
+            with c.pipeline(), c.cursor() as cur:
+                for field, rows in pending.items():
                     cur.executemany(_INSERT[field], rows)
+            return
+        with c.cursor() as cur:
+            for field, rows in pending.items():
+                key = _KEY[field]
+                unique = {key(row): row for row in reversed(rows)}  # first wins, like ON CONFLICT DO NOTHING
+                with cur.copy(_COPY[field]) as copy:
+                    for row in unique.values():
+                        copy.write_row(row)
 
 
 class PostgresRepository:
@@ -180,7 +217,9 @@ class PostgresRepository:
         with self._connection() as conn:
             try:
                 with conn.transaction():
-                    yield PostgresUnitOfWork(conn)
+                    uow = PostgresUnitOfWork(conn)
+                    yield uow
+                    uow.flush()
             except (pgerrors.DeadlockDetected, pgerrors.LockNotAvailable) as exc:
                 raise FhirError.of(Category.BUSY, "the database is busy; try again") from exc
 
