@@ -96,10 +96,13 @@ class SqliteUnitOfWork:
         else:
             for table in INDEX_TABLE_NAMES:
                 c.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
-        seq = c.execute(
-            "INSERT INTO history (pk, type, version, last_updated, method, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (pk, w.type, w.version, w.last_updated_us, w.method, w.data),
-        ).lastrowid
+        try:
+            seq = c.execute(
+                "INSERT INTO history (pk, type, version, last_updated, method, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (pk, w.type, w.version, w.last_updated_us, w.method, w.data),
+            ).lastrowid
+        except sqlite3.IntegrityError as exc:  # a stale writer reusing a version number
+            raise FhirError.of(Category.CONFLICT, f"{w.type}/{w.id} version {w.version} exists already") from exc
         c.execute(
             "UPDATE resources SET version = ?, seq = ?, deleted = ?, last_updated = ?, compartment = ?"
             " WHERE pk = ?",
