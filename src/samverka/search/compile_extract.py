@@ -170,13 +170,14 @@ def _composite_handler(
 
     def handle(pid: int, values: list[Any], resource: Any, rows: IndexRows) -> None:
         for node in values:
-            firsts = [(s, c) for _, s, c in collect(0, pid, node, resource).tokens]
-            if not firsts:
-                continue
+            # the value component first: it is the one usually absent (code-value-date on a Quantity)
             seconds = list(_second_values(comps[1][0], collect(1, pid, node, resource)))
             if len(comps) == 3:  # start/end coordinates: (0, start lo, end hi)
                 ends = [hi for _, _, hi in _second_values(comps[2][0], collect(2, pid, node, resource))]
                 seconds = [(0, lo, hi) for _, lo, _ in seconds for hi in ends]
+            if not seconds:
+                continue
+            firsts = [(s, c) for _, s, c in collect(0, pid, node, resource).tokens]
             for s, c in firsts:
                 for h2, lo, hi in seconds:
                     rows.composites.append((pid, s, c, h2, lo, hi))

@@ -97,10 +97,8 @@ def number_range(value: int | float | str | Decimal) -> tuple[float, float]:
     if isinstance(value, int):
         return value - 0.5, value + 0.5
     try:
-        if isinstance(value, Decimal):
-            d = value
-        else:
-            d = Decimal(repr(value) if isinstance(value, float) else str(value))
+        text = repr(value) if isinstance(value, float) else str(value)
+        d = value if isinstance(value, Decimal) else Decimal(text)
     except InvalidOperation as e:
         raise ValueError(f"not a number: {value!r}") from e
     if not d.is_finite():
