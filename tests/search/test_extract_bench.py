@@ -20,6 +20,7 @@ import pytest
 from samverka.search.extract import extract, patient_compartment
 from samverka.search.params import Registry
 
+_UUID = re.compile(r'"(urn:uuid:[0-9a-f-]+)"')
 SYNTHEA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "synthea-r4"
 
 
@@ -29,8 +30,7 @@ def load(n: int) -> list[dict[str, Any]]:
         bundle = orjson.loads(path.read_bytes())
         ids = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
         text = orjson.dumps([e["resource"] for e in bundle["entry"]]).decode()
-        text = re.sub(r'"(urn:uuid:[0-9a-f-]+)"', lambda m, ids=ids: orjson.dumps(ids.get(m[1], m[1])).decode(), text)
-        out.extend(orjson.loads(text))
+        out.extend(orjson.loads(_UUID.sub(lambda m: orjson.dumps(ids.get(m[1], m[1])).decode(), text)))  # noqa: B023
     return out
 
 
