@@ -4,7 +4,7 @@
 and their roles, PUT to fixed ids that are their HSA-ids), then one Bundle per patient (or per
 `patients_per_bundle` patients) that POSTs its own resources with `urn:uuid:` fullUrls. Patients are
 created with `ifNoneExist` on their personnummer, so loading a dataset twice does not duplicate them.
-The per-patient size is set by `resources_per_patient` (average; default 90).
+The per-patient size is set by `resources_per_patient` (an average; default 100).
 
 Each patient has its own rng stream derived from (seed, index), so the first N patients of a larger
 run are the same as a run of N patients. Datasets from different seeds share the region but are

@@ -1,4 +1,4 @@
-"""Small helpers shared by the generators: rng-driven uuids, Swedish local timestamps, references."""
+"""Small helpers shared by the generators: rng-driven uuids, Swedish timestamps, references."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from random import Random
 from typing import Any
 
 Resource = dict[str, Any]
+_HOUR = timedelta(hours=1)
 
 
 def new_uuid(rng: Random) -> str:
@@ -18,24 +19,29 @@ def new_uuid(rng: Random) -> str:
 
 @cache
 def _summer_time(year: int) -> tuple[datetime, datetime]:
-    """Local wall-clock start and end of CEST: last Sunday of March 02:00 to last Sunday of October 03:00."""
+    """Start and end of CEST in CET (UTC+1) terms: 02:00 on the last Sundays of March and October."""
 
     def last_sunday(month: int) -> date:
         last = date(year, month, 31)
         return last - timedelta(days=(last.weekday() + 1) % 7)
 
-    return datetime.combine(last_sunday(3), time(2)), datetime.combine(last_sunday(10), time(3))
+    return datetime.combine(last_sunday(3), time(2)), datetime.combine(last_sunday(10), time(2))
 
 
-def fhir_datetime(local: datetime) -> str:
-    """An R4 dateTime with seconds and the Europe/Stockholm offset for a naive local time."""
-    start, end = _summer_time(local.year)
-    offset = "+02:00" if start <= local < end else "+01:00"
-    return local.isoformat(timespec="seconds") + offset
+def fhir_datetime(cet: datetime) -> str:
+    """An R4 dateTime with seconds, shown in Swedish local time with its offset.
+
+    The generators compute in CET (a fixed UTC+1, naive datetimes) so that time arithmetic stays
+    absolute across daylight-saving changes; summer times are shown as CEST, one hour later, +02:00.
+    """
+    start, end = _summer_time(cet.year)
+    if start <= cet < end:
+        return (cet + _HOUR).isoformat(timespec="seconds") + "+02:00"
+    return cet.isoformat(timespec="seconds") + "+01:00"
 
 
 def at(day: date, hour: int, minute: int = 0) -> datetime:
-    """A naive local datetime on `day`."""
+    """A naive CET datetime on `day` (see `fhir_datetime`)."""
     return datetime(day.year, day.month, day.day, hour, minute)
 
 

@@ -15,7 +15,7 @@ from samverka.sweden import codes
 from samverka.sweden.identifiers import PERSONNUMMER, SAMORDNINGSNUMMER, make_personnummer
 
 DEFAULT_AS_OF = date(2026, 10, 1)  # "today" in generated data; fixed so output depends only on the seed
-DEFAULT_RESOURCES_PER_PATIENT = 90  # average; 10,000 patients give about 900,000 resources
+DEFAULT_RESOURCES_PER_PATIENT = 100  # the average aimed at; 10,000 patients give about 1M resources
 HISTORY_YEARS = 6
 SAMORDNINGSNUMMER_SHARE = 0.02
 PROTECTED_SHARE = 0.01
@@ -50,7 +50,7 @@ _STAY_DAYS = (2, 8)
 _COST = {
     "acute_vc": _mean_cost(catalog.ACUTE_AMB),
     "emer": _mean_cost(catalog.ACUTE_EMER),
-    "imp": _mean_cost(catalog.ACUTE_IMP, (sum(_STAY_DAYS) / 2 - 1) * len(DAILY_PANEL)),
+    "imp": _mean_cost(catalog.ACUTE_IMP, sum(_STAY_DAYS) / 2 * len(DAILY_PANEL)),  # one morning panel per night
 }
 
 
