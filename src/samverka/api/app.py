@@ -61,6 +61,9 @@ class FhirApi:
             fmt = response_format(request)
             prefer = _prefer(request)
             result = await self.dispatch(request, prefer)
+            location = result.headers.get("Location")
+            if location and "://" not in location:  # [base]/[type]/[id]/_history/[vid], http.html#create
+                result.headers["Location"] = f"{self.base(request)}/{location}"
             return render(request, result, fmt, prefer.get("return"))
         except Exception as exc:  # the one place errors become OperationOutcomes
             return error_response(exc)
