@@ -65,7 +65,7 @@ def transaction(svc: Services, base: str, body: Any, return_resources: bool = Fa
                     ids[e.full_url] = f"{e.type}/{e.id}"
     for e in entries:
         if e.resource is not None and e.method in ("POST", "PUT"):
-            e.unresolved = rewrite_references(e.resource, ids.get)
+            e.resource, e.unresolved = rewrite_references(e.resource, ids.get)
             if e.id is not None:
                 e.prepared = prepare(svc, e.resource, e.id)
     results: dict[int, dict[str, Any]] = {}
@@ -145,7 +145,7 @@ def _resolve_conditionals(svc: Services, uow: UnitOfWork, entries: list[Entry], 
         ids.update(refs)
         for e in entries:
             if e.resource is not None and e.method in ("POST", "PUT"):
-                rewrite_references(e.resource, ids.get)
+                e.resource, _pending = rewrite_references(e.resource, ids.get)
                 e.prepared = None  # re-extract below, with the final references
     for e in entries:
         if e.resource is not None and e.method in ("POST", "PUT") and e.prepared is None:

@@ -61,8 +61,17 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class SqliteUnitOfWork:
+    """Index rows are buffered and inserted per table before any read and at commit: one
+    `executemany` per table per transaction instead of one per table per resource."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+        self._pending: dict[str, list[tuple[object, ...]]] = {}
+
+    def flush(self) -> None:
+        for field, rows in self._pending.items():
+            self._c.executemany(_INSERT[field], rows)
+        self._pending.clear()
 
     def current(self, type: str, id: str) -> Current | None:
         row = self._c.execute(
@@ -74,6 +83,7 @@ class SqliteUnitOfWork:
         return _read(self._c, type, id)
 
     def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self.flush()
         return self._c.execute(sql, params).fetchall()
 
     def lock(self, key: int) -> None:
@@ -94,6 +104,7 @@ class SqliteUnitOfWork:
             pk = cur.lastrowid
             assert pk is not None
         else:
+            self.flush()  # earlier buffered rows of this resource must not survive the delete below
             for table in INDEX_TABLE_NAMES:
                 c.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
         try:
@@ -110,7 +121,7 @@ class SqliteUnitOfWork:
         )
         if w.index is not None:
             for field, rows in index_rows_with_res(w.index, pk):
-                c.executemany(_INSERT[field], rows)
+                self._pending.setdefault(field, []).extend(rows)
 
 
 def _read(c: sqlite3.Connection, type_: str, id_: str) -> Version | None:
@@ -143,8 +154,10 @@ class SqliteRepository:
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise FhirError.of(Category.BUSY, "the database is busy; try again") from exc
                 raise
+            uow = SqliteUnitOfWork(self._conn)
             try:
-                yield SqliteUnitOfWork(self._conn)
+                yield uow
+                uow.flush()
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
