@@ -358,11 +358,11 @@ def test_generated_resources_validate_against_r4(bundles: list[Bundle]) -> None:
 
 def test_generating_a_thousand_patients_is_fast() -> None:
     """1,000 patients (about 100k resources) generate well under 10 s."""
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time, so a busy machine does not fail the test
     total = sum(len(b["entry"]) for b in generate_region(1000, seed=2))
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert total > 60_000
-    assert elapsed < 10, f"{elapsed:.1f} s for 1,000 patients"
+    assert elapsed < 10, f"{elapsed:.1f} s CPU for 1,000 patients"
 
 
 @pytest.mark.parametrize(

@@ -170,8 +170,8 @@ class PatientBuilder:
     def _plan(self) -> list[tuple[str, date]]:
         """Kinds and days of the finished encounters, sized so the patient averages the target."""
         rng, as_of = self.rng, self.settings.as_of
-        weights = {"followup": 0.5, "acute_vc": 0.28, "emer": 0.13, "imp": 0.09} if self.chronic else {
-            "acute_vc": 0.68, "emer": 0.22, "imp": 0.10 if self.age >= 16 else 0.04}  # fmt: skip
+        weights = {"followup": 0.52, "acute_vc": 0.3, "emer": 0.12, "imp": 0.06} if self.chronic else {
+            "acute_vc": 0.72, "emer": 0.22, "imp": 0.06 if self.age >= 16 else 0.03}  # fmt: skip
         if self.age >= 70:
             weights["imp"] *= 1.6
         cost = dict(_COST, followup=1 + 0.75 * len(self.chronic_panel) + 0.6 * len(self.chronic_drugs))
