@@ -344,6 +344,19 @@ def test_write_region_writes_files_in_load_order_and_returns_counts(tmp_path: Pa
     assert counts["Patient"] == 4 and counts["Organization"] == 9
 
 
+def test_write_region_removes_patient_files_left_from_a_larger_run(tmp_path: Path) -> None:
+    """Rewriting a folder with fewer patients leaves exactly the new dataset (other files untouched)."""
+    write_region(tmp_path, patients=5, seed=1)
+    (tmp_path / "notes.txt").write_text("mine")
+    write_region(tmp_path, patients=2, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        REGION_FILE,
+        "notes.txt",
+        "patient-000001.json",
+        "patient-000002.json",
+    ]
+
+
 def test_generated_resources_validate_against_r4(bundles: list[Bundle]) -> None:
     """Every generated resource, and every Bundle, passes the project's R4 StructureDefinition validator."""
     validation = pytest.importorskip("samverka.validation")

@@ -13,6 +13,7 @@ separate populations: load one seed per database, since personnummer may repeat 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date
@@ -31,6 +32,7 @@ from samverka.generate.patient import (
 from samverka.generate.region import build_region
 
 REGION_FILE = "00-region.json"
+_PATIENT_FILE = re.compile(r"patient-\d{6}\.json")
 
 __all__ = [
     "DEFAULT_AS_OF",
@@ -76,7 +78,8 @@ def write_region(
 ) -> dict[str, int]:
     """Write `00-region.json` and one `patient-NNNNNN.json` per Bundle; return resources per type.
 
-    Files sort in load order. Existing files with other names in `out_dir` are left alone.
+    Files sort in load order. `patient-NNNNNN.json` files left over from a larger earlier run are
+    removed, so the folder always holds exactly one dataset; files with other names are left alone.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +91,13 @@ def write_region(
         as_of=as_of,
         patients_per_bundle=patients_per_bundle,
     )
+    written = set()
     for number, bundle in enumerate(bundles):
         counts.update(entry["resource"]["resourceType"] for entry in bundle["entry"])
         name = REGION_FILE if number == 0 else f"patient-{number:06d}.json"
         (out_dir / name).write_bytes(orjson.dumps(bundle))
+        written.add(name)
+    for stale in out_dir.glob("patient-*.json"):
+        if _PATIENT_FILE.fullmatch(stale.name) and stale.name not in written:
+            stale.unlink()
     return dict(sorted(counts.items()))
