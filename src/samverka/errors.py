@@ -129,5 +129,5 @@ def unprocessable(diagnostics: str, expression: str | None = None, code: str = "
 
 def to_outcome(exc: FhirError) -> tuple[int, dict[str, object]]:
     """The one mapping from an error to (HTTP status, OperationOutcome), used by the API and by batch."""
-    outcome = {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in exc.issues]}
+    outcome: dict[str, object] = {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in exc.issues]}
     return STATUS[exc.category], outcome

@@ -120,8 +120,8 @@ def load_paths(svc: Services, paths: list[Path], console: Console, processes: in
                     failures += errs
                     progress.advance(task)
     elapsed = time.perf_counter() - started
-    for f in failures[:20]:
-        console.print(f"[red]{f}[/red]")
+    for failure in failures[:20]:
+        console.print(f"[red]{failure}[/red]")
     console.print(f"loaded {loaded} resources from {len(files)} file(s) in {elapsed:.1f} s: "
                   f"[bold]{loaded / elapsed if elapsed else 0:,.0f} resources/s[/bold]"
                   + (f", {len(failures)} bundle(s) failed" if failures else ""))
@@ -168,8 +168,8 @@ def load_via_http(server: str, paths: list[Path], console: Console, concurrency:
                 failures += errs
                 progress.advance(task)
     elapsed = time.perf_counter() - started
-    for f in failures[:20]:
-        console.print(f"[red]{f}[/red]")
+    for failure in failures[:20]:
+        console.print(f"[red]{failure}[/red]")
     console.print(f"loaded {loaded} resources from {len(files)} file(s) in {elapsed:.1f} s: "
                   f"[bold]{loaded / elapsed if elapsed else 0:,.0f} resources/s[/bold]")
     return loaded

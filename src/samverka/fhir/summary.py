@@ -48,8 +48,9 @@ def summarize(resource: dict[str, Any], mode: str) -> dict[str, Any]:
         return resource
     type_ = resource.get("resourceType", "")
     summary, mandatory = _top_level(type_)
+    keep: set[str]
     if mode == "true":
-        keep = summary | set(_ALWAYS)
+        keep = set(summary) | set(_ALWAYS)
     elif mode == "text":
         keep = {"text", *_ALWAYS, *mandatory}
     elif mode == "data":

@@ -67,9 +67,10 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
 
 
 def _int(result: dict[str, list[str]], name: str, default: int) -> int:
-    raw = (result.get(name) or [None])[-1]
-    if raw is None:
+    values = result.get(name)
+    if not values:
         return default
+    raw = values[-1]
     if not raw.isdigit():
         raise invalid(f"{name} must be a non-negative integer, not {raw!r}", name)
     return int(raw)
