@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import orjson
@@ -21,6 +19,14 @@ def doc(type_: str, id_: str, **fields: Any) -> bytes:
     return orjson.dumps({"resourceType": type_, "id": id_, **fields})
 
 
+def mk(type_: str, id_: str, version: int, index: IndexRows | None = None, *, pk: int | None = None,
+       lu: int = T0, delete: bool = False, **fields: Any) -> Write:
+    """A Write as interactions build one: POST without a previous pk, PUT with one, DELETE without data."""
+    method = "DELETE" if delete else ("POST" if pk is None else "PUT")
+    data = None if delete else doc(type_, id_, **fields)
+    return Write(type_, id_, version, format_instant(lu), lu, method, data, index, previous_pk=pk)
+
+
 def put(repo: Repository, type_: str, id_: str, index: IndexRows | None = None, *, delete: bool = False,
         at: int | None = None, **fields: Any) -> int:
     """Write the next version of a resource the way interactions do; returns the version written."""
@@ -28,13 +34,8 @@ def put(repo: Repository, type_: str, id_: str, index: IndexRows | None = None, 
         cur = uow.current(type_, id_)
         version = 1 if cur is None else cur.version + 1
         lu = at if at is not None else T0 + version * 1_000_000
-        uow.write(Write(
-            type_, id_, version, format_instant(lu), lu,
-            "DELETE" if delete else ("POST" if cur is None else "PUT"),
-            None if delete else doc(type_, id_, **fields),
-            None if delete else (index or IndexRows()),
-            previous_pk=cur.pk if cur else None,
-        ))
+        uow.write(mk(type_, id_, version, None if delete else (index or IndexRows()),
+                     pk=cur.pk if cur else None, lu=lu, delete=delete, **fields))
     return version
 
 
@@ -236,8 +237,7 @@ def test_history_count_matches_the_filters(repo: Repository) -> None:
 def test_rolled_back_unit_of_work_leaves_nothing(repo: Repository) -> None:
     """An exception inside the transaction discards its head, history and index rows."""
     with pytest.raises(RuntimeError), repo.transaction() as uow:
-        uow.write(Write("Patient", "p1", 1, format_instant(T0), T0, "POST", doc("Patient", "p1"),
-                        full_index("gone")))
+        uow.write(mk("Patient", "p1", 1, full_index("gone")))
         assert uow.read("Patient", "p1") is not None  # visible inside its own transaction
         raise RuntimeError("boom")
     assert repo.read("Patient", "p1") is None
@@ -252,115 +252,12 @@ def test_rolled_back_update_keeps_the_previous_version(repo: Repository) -> None
     with pytest.raises(FhirError), repo.transaction() as uow:
         cur = uow.current("Patient", "p1")
         assert cur is not None
-        uow.write(Write("Patient", "p1", 2, format_instant(T0), T0, "PUT", doc("Patient", "p1"),
-                        IndexRows(), previous_pk=cur.pk))
+        uow.write(mk("Patient", "p1", 2, IndexRows(), pk=cur.pk))
         raise FhirError.of(Category.PRECONDITION, "changed my mind")
     v = repo.read("Patient", "p1")
     assert v is not None and v.version == 1 and body(v.data)["name"] == "kept"
     assert index_counts(repo, "Patient", "p1") == dict.fromkeys(ALL_TABLES, 1)
     assert repo.check() == []
-
-
-def test_concurrent_writers_keep_versions_contiguous(repo: Repository) -> None:
-    """Threads updating one resource serialise on its head: no lost update, no gap, no duplicate."""
-    put(repo, "Basic", "counter", n=0)
-    threads, per_thread, errors = 6, 8, []
-
-    def work() -> None:
-        try:
-            for _ in range(per_thread):
-                with repo.transaction() as uow:
-                    cur = uow.current("Basic", "counter")
-                    assert cur is not None
-                    now = uow.read("Basic", "counter")
-                    assert now is not None
-                    n = body(now.data)["n"] + 1
-                    lu = T0 + cur.version + 1
-                    uow.write(Write("Basic", "counter", cur.version + 1, format_instant(lu), lu, "PUT",
-                                    doc("Basic", "counter", n=n), IndexRows(), previous_pk=cur.pk))
-        except BaseException as exc:
-            errors.append(exc)
-
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert errors == []
-    final = repo.read("Basic", "counter")
-    assert final is not None
-    assert final.version == 1 + threads * per_thread
-    assert body(final.data)["n"] == threads * per_thread
-    versions = [e.version.version for e in repo.history(HistoryQuery(type="Basic", id="counter", count=1000))]
-    assert versions == list(range(final.version, 0, -1))
-    assert repo.check() == []
-
-
-def test_racing_creates_of_one_id_conflict(repo: Repository) -> None:
-    """Two creates of the same new id: the second to commit fails with CONFLICT, one version remains."""
-    outcome: list[BaseException | None] = []
-
-    def second() -> None:
-        try:
-            with repo.transaction() as uow:
-                uow.current("Patient", "race")
-                uow.write(Write("Patient", "race", 1, format_instant(T0), T0, "POST",
-                                doc("Patient", "race", who="second"), IndexRows(tokens=[(1, 2, 3)])))
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    with repo.transaction() as uow:
-        assert uow.current("Patient", "race") is None
-        uow.write(Write("Patient", "race", 1, format_instant(T0), T0, "POST",
-                        doc("Patient", "race", who="first"), IndexRows(tokens=[(1, 2, 3)])))
-        t = threading.Thread(target=second)
-        t.start()
-        time.sleep(0.3)  # let the second writer reach its insert (PostgreSQL) or its lock (SQLite)
-    t.join(timeout=30)
-    assert len(outcome) == 1
-    err = outcome[0]
-    assert isinstance(err, FhirError) and err.category is Category.CONFLICT
-    v = repo.read("Patient", "race")
-    assert v is not None and body(v.data)["who"] == "first"
-    assert repo.history_count(HistoryQuery(type="Patient", id="race")) == 1
-    assert repo.check() == []
-
-
-def test_lock_serialises_conditional_creates(repo: Repository) -> None:
-    """Writers holding the same lock key see each other's commits: a conditional create happens once."""
-    created, errors = [], []
-
-    def work(i: int) -> None:
-        try:
-            with repo.transaction() as uow:
-                uow.lock(-42)
-                uow.lock(-42)  # taking it again in one transaction is harmless
-                if uow.fetch("SELECT count(*) FROM resources WHERE type = ?", ["Basic"])[0][0] == 0:
-                    time.sleep(0.05)
-                    uow.write(Write("Basic", f"b{i}", 1, format_instant(T0), T0, "POST",
-                                    doc("Basic", f"b{i}"), IndexRows()))
-                    created.append(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(5)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert errors == [] and len(created) == 1
-    assert repo.fetch("SELECT count(*) FROM resources", []) == [(1,)]
-
-
-def test_creating_an_existing_id_without_previous_pk_conflicts(repo: Repository) -> None:
-    """A create for an id that already exists (stale caller) is a CONFLICT and changes nothing."""
-    put(repo, "Patient", "p1", name="one")
-    with pytest.raises(FhirError) as info, repo.transaction() as uow:
-        uow.write(Write("Patient", "p1", 1, format_instant(T0), T0, "POST", doc("Patient", "p1"), None))
-    assert info.value.category is Category.CONFLICT
-    v = repo.read("Patient", "p1")
-    assert v is not None and body(v.data)["name"] == "one"
 
 
 def test_check_is_empty_on_a_healthy_store(repo: Repository) -> None:
@@ -436,11 +333,10 @@ def test_prefix_ranges_use_binary_order(repo: Repository) -> None:
 def test_unit_of_work_reads_its_own_writes(repo: Repository) -> None:
     """Inside a transaction, read and current see the versions written earlier in it."""
     with repo.transaction() as uow:
-        uow.write(Write("Patient", "p1", 1, format_instant(T0), T0, "POST", doc("Patient", "p1"), None))
+        uow.write(mk("Patient", "p1", 1))
         cur = uow.current("Patient", "p1")
         assert cur is not None and cur.version == 1 and not cur.deleted
-        uow.write(Write("Patient", "p1", 2, format_instant(T0 + 1), T0 + 1, "PUT", doc("Patient", "p1", n=2),
-                        None, previous_pk=cur.pk))
+        uow.write(mk("Patient", "p1", 2, pk=cur.pk, lu=T0 + 1, n=2))
         v = uow.read("Patient", "p1")
         assert v is not None and v.version == 2
     assert repo.history_count(HistoryQuery(id="p1")) == 2
@@ -454,36 +350,17 @@ def test_bundle_sized_transaction_stores_exactly_the_final_index_rows(repo: Repo
             idx = full_index(f"r{i}")
             idx.references.append((7, 71, "Patient", "duplicate key, other target"))
             idx.tokens.append((1, 11, 12))
-            uow.write(Write("Observation", f"o{i}", 1, format_instant(T0), T0, "POST",
-                            doc("Observation", f"o{i}"), idx))
+            uow.write(mk("Observation", f"o{i}", 1, idx))
         cur = uow.current("Observation", "o0")
         assert cur is not None
-        uow.write(Write("Observation", "o0", 2, format_instant(T0 + 1), T0 + 1, "PUT",
-                        doc("Observation", "o0"), IndexRows(uris=[(8, "urn:final")]), previous_pk=cur.pk))
+        uow.write(mk("Observation", "o0", 2, IndexRows(uris=[(8, "urn:final")]), pk=cur.pk, lu=T0 + 1))
         inside = uow.fetch("SELECT count(*) FROM idx_token", [])
         assert inside == [(59,)]  # searches inside the transaction see its own index rows
         for i in range(60, 120):
-            uow.write(Write("Observation", f"o{i}", 1, format_instant(T0), T0, "POST",
-                            doc("Observation", f"o{i}"), full_index(f"r{i}")))
+            uow.write(mk("Observation", f"o{i}", 1, full_index(f"r{i}")))
     assert index_counts(repo, "Observation", "o0") == {**dict.fromkeys(ALL_TABLES, 0), "idx_uri": 1}
     assert index_counts(repo, "Observation", "o1") == dict.fromkeys(ALL_TABLES, 1)
     assert repo.fetch("SELECT count(*) FROM idx_reference", []) == [(119,)]
     assert repo.fetch("SELECT target FROM idx_reference x JOIN resources r ON r.pk = x.res WHERE r.id = ?",
                       ["o7"]) == [("p-r7",)]
-    assert repo.check() == []
-
-
-def test_writing_an_existing_version_number_conflicts(repo: Repository) -> None:
-    """A stale writer that reuses a version number gets CONFLICT; the stored history is unchanged."""
-    put(repo, "Patient", "p1", name="one")
-    put(repo, "Patient", "p1", name="two")
-    with repo.transaction() as uow:
-        cur = uow.current("Patient", "p1")
-    assert cur is not None
-    with pytest.raises(FhirError) as info, repo.transaction() as uow:
-        uow.write(Write("Patient", "p1", 2, format_instant(T0), T0, "PUT", doc("Patient", "p1", name="stale"),
-                        IndexRows(), previous_pk=cur.pk))
-    assert info.value.category is Category.CONFLICT
-    v = repo.read("Patient", "p1")
-    assert v is not None and v.version == 2 and body(v.data)["name"] == "two"
     assert repo.check() == []
