@@ -65,12 +65,11 @@ def run(svc: Services, base: str, e: Entry) -> Result:
 
 
 def run_get(svc: Services, base: str, e: Entry) -> dict[str, Any]:
-    """A GET entry of a transaction, answered after the writes; failures do not undo them."""
+    """A GET entry of a transaction (response and resource), answered after the writes; failures do not undo them."""
     try:
-        response: dict[str, Any] = _entry(base, run(svc, base, e), True)["response"]
-        return response
+        return _entry(base, run(svc, base, e), True)
     except FhirError as exc:
-        return _error_entry(exc)["response"]
+        return _error_entry(exc)
 
 
 def _status(code: int) -> str:

@@ -72,9 +72,17 @@ def transaction(svc: Services, base: str, body: Any, return_resources: bool = Fa
     written: dict[int, Version] = {}
     with svc.repo.transaction() as uow:
         ts = stamp_us()
+        ordered = sorted(entries, key=lambda x: ORDER[x.method])
+        deletes = [e for e in ordered if e.method == "DELETE"]
+        # DELETEs come first (http.html#trules): the conditionals matched next must not see what they delete
+        for e in deletes:
+            try:
+                results[e.index], _v = _apply(svc, uow, e, ids, False, ts)
+            except FhirError as exc:
+                raise _in_entry(exc, e) from exc
         changed = _resolve_conditionals(svc, uow, entries, ids)
-        for e in sorted(entries, key=lambda x: ORDER[x.method]):
-            if e.method in ("GET", "HEAD"):
+        for e in ordered:
+            if e.method in ("GET", "HEAD", "DELETE"):
                 continue
             try:
                 results[e.index], v = _apply(svc, uow, e, ids, changed, ts)
@@ -86,7 +94,7 @@ def transaction(svc: Services, base: str, body: Any, return_resources: bool = Fa
     out = []
     for e in entries:
         if e.method in ("GET", "HEAD"):
-            out.append({"response": _get(svc, base, e)})
+            out.append(_get(svc, base, e))
             continue
         entry: dict[str, Any] = {"response": results[e.index]}
         v = written.get(e.index)
@@ -117,6 +125,8 @@ def _resolve_conditionals(svc: Services, uow: UnitOfWork, entries: list[Entry], 
                 raise _in_entry(FhirError.of(Category.PRECONDITION, "ifNoneExist matched more than one "
                                              f"{e.type}"), e)
             if found:
+                if e.id is not None:  # references were already rewritten to the provisional id
+                    ids[f"{e.type}/{e.id}"] = f"{e.type}/{found[0]}"
                 e.id, e.prepared, e.resource = found[0], None, None  # nothing to create
                 if e.full_url:
                     ids[e.full_url] = f"{e.type}/{found[0]}"
