@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -37,4 +38,5 @@ def settings_from_env() -> Settings:
 
 def app_from_env() -> Starlette:
     """The uvicorn factory (`--workers N` starts one per process)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     return create_app(build_services(settings_from_env()))
