@@ -8,29 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from support.server import RunningServer, ServerStartError, start_server
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def launch(request: pytest.FixtureRequest, backend: str, data_dir: Path,
-           extra_args: list[str] | tuple[str, ...] = ()) -> RunningServer:
-    """Start a server on `backend`; a start-up failure fails the test with the server's log."""
-    database = None
-    if backend == "postgresql":
-        database = request.getfixturevalue("pg_session").fresh()
-    try:
-        return start_server(data_dir, database, extra_args, backend=backend)
-    except ServerStartError as exc:
-        pytest.fail(str(exc), pytrace=False)
-        raise AssertionError("unreachable") from exc
-
+from support.server import BACKENDS, RunningServer, launch
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 class ServerStartError(RuntimeError):
@@ -122,3 +126,18 @@ def expect_outcome(response: httpx.Response, *statuses: int) -> list[dict[str, o
     issues: list[dict[str, object]] = body.get("issue") or []
     assert issues, body
     return issues
+
+
+def launch(request: pytest.FixtureRequest, backend: str, data_dir: Path,
+           extra_args: list[str] | tuple[str, ...] = ()) -> RunningServer:
+    """Start a server on `backend` for a fixture; a start-up failure fails the test with the server's log.
+
+    PostgreSQL servers get an empty schema of their own on the session database (`pg_session`).
+    """
+    database = None
+    if backend == "postgresql":
+        database = request.getfixturevalue("pg_session").fresh()
+    try:
+        return start_server(data_dir, database, extra_args, backend=backend)
+    except ServerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
