@@ -15,6 +15,7 @@ import pytest
 
 from support.server import BACKENDS, RunningServer, launch
 
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A running server (`.base`, `.client`) on SQLite or PostgreSQL, shared by the session."""

@@ -157,7 +157,8 @@ def test_sql_metacharacters_in_strings_are_stored_verbatim_and_searchable(
     found = server.client.get("/Patient", params={"identifier": f"{system}|", "name:exact": _search_escape(value)})
     assert found.status_code == 200, found.text
     assert [e["resource"]["id"] for e in found.json()["entry"]] == [id_]
-    contains = server.client.get("/Patient", params={"identifier": f"{system}|", "family:contains": _search_escape(value)})
+    contains = server.client.get("/Patient", params={"identifier": f"{system}|",
+                                                     "family:contains": _search_escape(value)})
     assert [e["resource"]["id"] for e in contains.json()["entry"]] == [id_]
     assert decoy.status_code == 201
     everyone = server.client.get("/Patient", params={"identifier": f"{system}|"}).json()
@@ -181,7 +182,8 @@ def test_sql_metacharacters_in_token_values_are_literal(server: RunningServer, u
     """An identifier value with SQL in it is matched literally, and a near miss finds nothing."""
     value = "1' OR '1'='1"
     system = f"urn:sql:{uid}"
-    r = server.client.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": system, "value": value}]})
+    r = server.client.post("/Patient", json={"resourceType": "Patient",
+                                             "identifier": [{"system": system, "value": value}]})
     assert r.status_code == 201
     hit = server.client.get("/Patient", params={"identifier": f"{system}|{value}"}).json()
     assert [e["resource"]["id"] for e in hit["entry"]] == [r.json()["id"]]

@@ -58,7 +58,8 @@ def test_batch_entries_succeed_or_fail_independently(server: RunningServer, uid:
         _post(_patient(system, "a")),
         _post({"resourceType": "Patient", "gender": "not-a-gender"}),
         {"request": {"method": "GET", "url": f"Patient/missing-{uid}"}},
-        {"resource": {**_patient(system, "b"), "id": f"b-{uid}"}, "request": {"method": "PUT", "url": f"Patient/b-{uid}"}},
+        {"resource": {**_patient(system, "b"), "id": f"b-{uid}"},
+         "request": {"method": "PUT", "url": f"Patient/b-{uid}"}},
         {"request": {"method": "GET", "url": f"Patient/{existing['id']}"}},
         {"request": {"method": "DELETE", "url": f"Patient/{existing['id']}"}},
     )
@@ -194,7 +195,8 @@ def test_transaction_if_none_exist_reuses_existing_and_resolves_its_full_url(ser
 def test_transaction_if_none_exist_without_match_creates(server: RunningServer, uid: str) -> None:
     """An ifNoneExist entry without a match creates the resource (201)."""
     system = f"urn:tx:{uid}"
-    r = server.client.post("", json=_bundle("transaction", _post(_patient(system), ifNoneExist=f"identifier={system}|1")))
+    entry = _post(_patient(system), ifNoneExist=f"identifier={system}|1")
+    r = server.client.post("", json=_bundle("transaction", entry))
     assert r.json()["entry"][0]["response"]["status"].startswith("201")
     assert len(_search_ids(server, f"/Patient?identifier={system}|1")) == 1
 
@@ -236,7 +238,8 @@ def test_transaction_runs_get_after_writes(server: RunningServer, uid: str) -> N
     bundle = _bundle(
         "transaction",
         {"request": {"method": "GET", "url": f"Patient?identifier={system}|"}},
-        {"resource": {**_patient(system, "put"), "id": put_id}, "request": {"method": "PUT", "url": f"Patient/{put_id}"}},
+        {"resource": {**_patient(system, "put"), "id": put_id},
+         "request": {"method": "PUT", "url": f"Patient/{put_id}"}},
         _post(_patient(system, "post")),
     )
     r = server.client.post("", json=bundle)
@@ -314,8 +317,8 @@ def test_transaction_patch_entry_applies_binary_json_patch(server: RunningServer
 
     p = server.client.post("/Patient", json=_patient(f"urn:tx:{uid}")).json()
     doc = base64.b64encode(json.dumps([{"op": "add", "path": "/active", "value": True}]).encode()).decode()
-    bundle = _bundle("transaction", {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
-                                                  "data": doc},
+    binary = {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": doc}
+    bundle = _bundle("transaction", {"resource": binary,
                                      "request": {"method": "PATCH", "url": f"Patient/{p['id']}"}})
     r = server.client.post("", json=bundle)
     assert r.status_code == 200, r.text

@@ -28,7 +28,7 @@ def _setup(server: RunningServer, kind: str, uid: str, n: int) -> Setup:
     c = server.client
     if kind == "identifier":
         system = f"urn:cond:{uid}"
-        body = {"resourceType": "Patient", "identifier": [{"system": system, "value": "v"}]}
+        body: dict[str, Any] = {"resourceType": "Patient", "identifier": [{"system": system, "value": "v"}]}
         ids = [c.post("/Patient", json=body).json()["id"] for _ in range(n)]
         return Setup("Patient", f"identifier={system}|v", body, ids)
     if kind == "_id":
@@ -40,10 +40,10 @@ def _setup(server: RunningServer, kind: str, uid: str, n: int) -> Setup:
         return Setup("Patient", f"_id={','.join(wanted[: max(n, 1)])}", {"resourceType": "Patient"}, ids)
     assert kind == "reference"
     pid = c.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
-    body = {"resourceType": "Observation", "status": "final", "code": {"text": uid},
-            "subject": {"reference": f"Patient/{pid}"}}
-    ids = [c.post("/Observation", json=body).json()["id"] for _ in range(n)]
-    return Setup("Observation", f"subject=Patient/{pid}", body, ids)
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": uid},
+           "subject": {"reference": f"Patient/{pid}"}}
+    ids = [c.post("/Observation", json=obs).json()["id"] for _ in range(n)]
+    return Setup("Observation", f"subject=Patient/{pid}", obs, ids)
 
 
 def _matching(server: RunningServer, s: Setup) -> list[str]:

@@ -51,7 +51,8 @@ def test_create_ignores_client_id_in_body(server: RunningServer, uid: str) -> No
 
 def test_create_strips_client_version_and_last_updated(server: RunningServer, uid: str) -> None:
     """meta.versionId and meta.lastUpdated sent by the client are replaced by the server's values."""
-    r = server.client.post("/Patient", json=_patient(uid, meta={"versionId": "7", "lastUpdated": "2001-01-01T00:00:00Z"}))
+    meta = {"versionId": "7", "lastUpdated": "2001-01-01T00:00:00Z"}
+    r = server.client.post("/Patient", json=_patient(uid, meta=meta))
     assert r.status_code == 201, r.text
     assert r.json()["meta"]["versionId"] == "1"
     assert not r.json()["meta"]["lastUpdated"].startswith("2001")
@@ -347,7 +348,8 @@ def test_meta_source_tags_security_and_profiles_survive_create_and_update(server
 def test_created_resource_is_found_by_lastupdated(server: RunningServer, uid: str, make: Any) -> None:
     """The stamped meta.lastUpdated is indexed: _lastUpdated=ge<that instant> finds the resource."""
     created = make(_patient(uid))
-    r = server.client.get("/Patient", params={"_id": created["id"], "_lastUpdated": f"ge{created['meta']['lastUpdated']}"})
+    since = created["meta"]["lastUpdated"]
+    r = server.client.get("/Patient", params={"_id": created["id"], "_lastUpdated": f"ge{since}"})
     assert [e["resource"]["id"] for e in r.json()["entry"]] == [created["id"]]
     r = server.client.get("/Patient", params={"_id": created["id"], "_lastUpdated": "lt2001-01-01"})
     assert r.json().get("entry", []) == []

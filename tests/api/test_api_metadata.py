@@ -78,7 +78,7 @@ def test_metadata_claims_only_served_interactions(capability: dict[str, Any]) ->
 def test_claimed_interactions_are_served(server: RunningServer, capability: dict[str, Any], uid: str,
                                          type_: str) -> None:
     """create, read, vread, update, patch, history and search-type, delete all work for sample types."""
-    bodies = {
+    bodies: dict[str, dict[str, Any]] = {
         "Basic": {"resourceType": "Basic", "code": {"text": uid}},
         "Patient": {"resourceType": "Patient", "gender": "unknown"},
         "Observation": {"resourceType": "Observation", "status": "final", "code": {"text": uid}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,10 +12,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -64,10 +65,8 @@ class RunningServer:
     def stop(self) -> None:
         self.client.close()
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its children only
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):  # its own session: the server and its children only
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -117,13 +116,13 @@ def start_server(
     raise ServerStartError(last_error)
 
 
-def expect_outcome(response: httpx.Response, *statuses: int) -> list[dict[str, object]]:
+def expect_outcome(response: httpx.Response, *statuses: int) -> list[dict[str, Any]]:
     """Assert an OperationOutcome answer with one of `statuses`; return its issues."""
     assert response.status_code in statuses, f"{response.status_code} not in {statuses}: {response.text[:2000]}"
     assert response.headers.get("content-type", "").startswith("application/fhir+json"), response.headers
     body = response.json()
     assert body.get("resourceType") == "OperationOutcome", body
-    issues: list[dict[str, object]] = body.get("issue") or []
+    issues: list[dict[str, Any]] = body.get("issue") or []
     assert issues, body
     return issues
 
