@@ -133,6 +133,8 @@ class FhirApi:
             return history.history(svc, base, parts[0], parts[1], pairs)
         elif n == 3 and parts[2] == "$validate" and method == "POST":
             return validate.validate_operation(svc, parts[0], parts[1], await self._body(request))
+        elif n == 3 and not parts[2].startswith(("$", "_")) and method in ("GET", "HEAD"):
+            return search.search(svc, base, parts[2], pairs, strict, compartment=(parts[0], parts[1]))
         elif n == 4 and parts[2] == "_history" and method in ("GET", "HEAD"):
             return read.vread(svc, parts[0], parts[1], parts[3])
         if n >= 1 and parts[-1].startswith("$"):

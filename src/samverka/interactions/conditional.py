@@ -25,4 +25,4 @@ def matches(svc: Services, uow: UnitOfWork, type_: str, criteria: str, what: str
     if query.result:
         raise invalid(f"{what}: result parameters are not allowed: {', '.join(query.result)}", what)
     uow.lock(h64(f"conditional:{type_}"))
-    return matching_ids(uow, query, 2)
+    return matching_ids(uow, svc.registry, query, 2)

@@ -1,76 +1,150 @@
-"""search at type and system level: https://hl7.org/fhir/R4/http.html#search
+"""search at type, system and compartment level: https://hl7.org/fhir/R4/http.html#search
 
-The search issue completes this (chains, includes, sort, snapshot paging); this handler already
-pages, counts, reports unknown parameters, and honours `Prefer: handling=strict`.
+Parsing (`search.query`), planning (`search.plan`) and includes (`search.include`) live in the search
+package; this handler decides what the client asked for and assembles the searchset Bundle, with
+cursor links (`first`, `previous`, `next`, `last`) that stay stable while resources change.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import invalid
-from ..search import engine
+import orjson
+
+from ..errors import Category, FhirError, invalid
+from ..search import include, plan
 from ..search.query import parse
 from .bundles import full_url, link, new_bundle, resource_fragment, url_with
 from .context import Result, Services
 from .writes import check_type
 
+_PAGING = ("_cursor", "_offset")
 
-def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, str]],
-           strict: bool = False) -> Result:
+
+def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, str]], strict: bool = False,
+           compartment: tuple[str, str] | None = None) -> Result:
     if type_ is not None:
         check_type(type_)
     query = parse(svc.registry, type_, pairs)
     if query.unknown and strict:
         raise invalid(f"unknown or unsupported search parameter(s): {', '.join(query.unknown)}",
                       query.unknown[0], "not-supported")
-    count = _int(query.result, "_count", svc.settings.default_page_size)
-    count = min(count, svc.settings.max_page_size)
-    offset = _int(query.result, "_offset", 0)
-    total_mode = (query.result.get("_total") or ["estimate"])[-1]
-    summary = (query.result.get("_summary") or [""])[-1]
-    used = [(k, v) for k, v in pairs if k.partition(":")[0].partition(".")[0] not in query.unknown
-            and k not in query.unknown]
-    path = type_ or ""
+    filters = _compartment_filter(svc, compartment) if compartment else []
+    count = min(_int(query.result, "_count", svc.settings.default_page_size), svc.settings.max_page_size)
+    total_mode = _last(query.result, "_total", "estimate")
+    if total_mode not in ("none", "estimate", "accurate"):
+        raise invalid(f"_total must be none, estimate or accurate, not {total_mode!r}", "_total")
+    summary = _last(query.result, "_summary", "")
+    used = [(k, v) for k, v in pairs if k not in query.unknown and k not in _PAGING]
+    path = "/".join(compartment) + f"/{type_}" if compartment else (type_ or "")
+    specs = include.parse_specs(svc.registry, query.result)
+    p = plan.build(svc.repo, svc.registry, query, filters)
     if summary == "count" or count == 0:
-        bundle = new_bundle("searchset", engine.count(svc.repo, query))
+        bundle = new_bundle("searchset", plan.count(svc.repo, p))
         bundle["link"] = [link("self", url_with(base, path, used))]
         return Result(200, resource=bundle)
-    rows = engine.page(svc.repo, query, count + 1, offset)
-    has_more = len(rows) > count
-    rows = rows[:count]
+    direction, cursor = _cursor(query.result, len(p.sort))
+    pg = plan.page(svc.repo, p, count, cursor, backwards=direction in ("prev", "last"))
     total: int | None = None
-    if total_mode == "accurate" or (total_mode != "none" and not has_more):
-        total = offset + len(rows) if not has_more else engine.count(svc.repo, query)
+    whole = cursor is None and direction == "next" and not pg.more  # the first page holds every match
+    if whole and total_mode != "none":
+        total = len(pg.versions)
+    elif total_mode == "accurate":
+        total = plan.count(svc.repo, p)
     bundle = new_bundle("searchset", total)
-    keep = [(k, v) for k, v in used if k != "_offset"]
-    links = [link("self", url_with(base, path, used)),
-             link("first", url_with(base, path, keep))]
-    if offset > 0:
-        links.append(link("previous", url_with(base, path, [*keep, ("_offset", str(max(0, offset - count)))])))
-    if has_more:
-        links.append(link("next", url_with(base, path, [*keep, ("_offset", str(offset + count))])))
-    bundle["link"] = links
+    bundle["link"] = _links(base, path, used, direction, cursor, pg)
     entries: list[dict[str, Any]] = [
         {"fullUrl": full_url(base, v), "resource": resource_fragment(v), "search": {"mode": "match"}}
-        for v in rows
+        for v in pg.versions
     ]
-    if query.unknown:
-        entries.append({"resource": {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "warning", "code": "not-supported",
-                       "diagnostics": f"ignored unknown or unsupported search parameter {name!r}",
-                       "expression": [name]} for name in query.unknown]},
-            "search": {"mode": "outcome"}})
+    if specs:
+        added, truncated = include.resolve(svc.repo, specs, pg.versions, filters)
+        entries += [{"fullUrl": full_url(base, v), "resource": resource_fragment(v), "search": {"mode": "include"}}
+                    for v in added]
+        if truncated:
+            query.unknown.append(f"(included resources truncated at {include.MAX_INCLUDED})")
+    issues = [{"severity": "warning", "code": "not-supported",
+               "diagnostics": f"ignored unknown or unsupported search parameter {name!r}", "expression": [name]}
+              for name in query.unknown]
+    if _last(query.result, "_explain", "false") == "true":
+        issues.append({"severity": "information", "code": "informational",
+                       "diagnostics": orjson.dumps(plan.explain(svc.repo, svc.repo.dialect, p, count)).decode()})
+    if issues:
+        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": issues},
+                        "search": {"mode": "outcome"}})
     bundle["entry"] = entries
     return Result(200, resource=bundle)
 
 
-def _int(result: dict[str, list[str]], name: str, default: int) -> int:
+def _links(base: str, path: str, used: list[tuple[str, str]], direction: str, cursor: list[Any] | None,
+           pg: plan.Page) -> list[dict[str, str]]:
+    def at(kind: str, key: list[Any] | None = None) -> str:
+        extra = [("_cursor", plan.encode_cursor([kind, *(key or [])]))] if kind != "first" else []
+        return url_with(base, path, [*used, *extra])
+
+    current = [*used] if cursor is None and direction == "next" else [
+        *used, ("_cursor", plan.encode_cursor([direction, *(cursor or [])]))]
+    links = [link("self", url_with(base, path, current)), link("first", at("first")), link("last", at("last"))]
+    if direction == "next":
+        has_before, has_after = cursor is not None, pg.more
+    else:  # a page reached backwards: from "previous" there is always a later page; from "last" none
+        has_before, has_after = pg.more, direction == "prev"
+    has_before = has_before and pg.first_key is not None
+    has_after = has_after and pg.last_key is not None
+    if has_before:
+        links.append(link("previous", at("prev", pg.first_key)))
+    if has_after:
+        links.append(link("next", at("next", pg.last_key)))
+    return links
+
+
+def _cursor(result: dict[str, list[str]], n: int) -> tuple[str, list[Any] | None]:
+    """(direction, sort key) from `_cursor`: next/prev carry the key of a boundary row; last none."""
+    raw = _last(result, "_cursor", "")
+    if not raw:
+        return "next", None
+    values = plan.decode_cursor(raw)
+    if values == ["last"]:
+        return "last", None
+    if len(values) != n + 1 or values[0] not in ("next", "prev"):
+        raise invalid("_cursor does not belong to this search", "_cursor")
+    return values[0], values[1:]
+
+
+def _compartment_filter(svc: Services, compartment: tuple[str, str]) -> list[tuple[str, list[Any]]]:
+    """Resources in `Patient/123`'s compartment: by the CompartmentDefinition's parameters."""
+    from ..fhir.definitions import compartment_definition
+
+    ctype, cid = compartment
+    if ctype != "Patient":
+        raise FhirError.of(Category.UNSUPPORTED, f"the {ctype} compartment is not supported; use Patient")
+    from ..store.hashing import h64
+
+    conds: list[str] = []
+    params: list[Any] = []
+    for res in compartment_definition("Patient").get("resource", []):
+        codes = res.get("param") or []
+        ids = [p.id for c in codes if (p := svc.registry.get(res["code"], c)) is not None]
+        if res["code"] == "Patient":
+            conds.append("(r.type = 'Patient' AND r.id = ?)")
+            params.append(cid)
+        if ids:
+            marks = ", ".join("?" for _ in ids)
+            conds.append(f"(r.type = ? AND EXISTS (SELECT 1 FROM idx_reference cx WHERE cx.res = r.pk"
+                         f" AND cx.param IN ({marks}) AND cx.ref = ?))")
+            params += [res["code"], *ids, h64(f"Patient/{cid}")]
+    return [("(" + " OR ".join(conds) + ")", params)]
+
+
+def _last(result: dict[str, list[str]], name: str, default: str) -> str:
     values = result.get(name)
-    if not values:
+    return values[-1] if values else default
+
+
+def _int(result: dict[str, list[str]], name: str, default: int) -> int:
+    raw = _last(result, name, "")
+    if not raw:
         return default
-    raw = values[-1]
     if not raw.isdigit():
         raise invalid(f"{name} must be a non-negative integer, not {raw!r}", name)
     return int(raw)

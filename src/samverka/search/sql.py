@@ -1,202 +1,239 @@
-"""Compile parsed search criteria into SQL over the index tables, always with bound parameters.
+"""Compile criteria into SQL over the index tables, always with bound parameters.
 
-https://hl7.org/fhir/R4/search.html -- each criterion becomes `r.pk IN (SELECT res FROM idx_...)`
-(or NOT IN for `:not`/`:missing=true`), so the planner can drive from the most selective index.
-The same SQL runs on SQLite and PostgreSQL (qmark placeholders; the PostgreSQL store rewrites them).
+https://hl7.org/fhir/R4/search.html -- a leaf criterion is a condition on one index table (`Leaf`);
+`exists_sql` turns any node into a correlated `EXISTS` on a resources alias, and `driver_sql` turns a
+positive leaf into the set of matching keys a plan can start from. The same SQL runs on SQLite and
+PostgreSQL (qmark placeholders; the PostgreSQL store rewrites them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import invalid
 from ..store.hashing import h64
 from . import normalize
-from .query import Criterion, Query, Value
+from .query import Chain, Criterion, Has, Node, Value
 
 _TABLE = {
     "token": "idx_token", "string": "idx_string", "date": "idx_date", "number": "idx_number",
     "quantity": "idx_quantity", "reference": "idx_reference", "uri": "idx_uri", "composite": "idx_composite",
 }
+_MODIFIERS: dict[str, set[str | None]] = {
+    "token": {None, "not", "text", "of-type", "in", "not-in", "above", "below"},
+    "string": {None, "exact", "contains"},
+    "reference": {None, "identifier"},  # plus :[type]
+    "uri": {None, "above", "below"},
+    "date": {None}, "number": {None}, "quantity": {None}, "composite": {None},
+}
 
 
-@dataclass
-class Sql:
-    where: list[str] = field(default_factory=list)
-    params: list[Any] = field(default_factory=list)
+@dataclass(frozen=True)
+class Leaf:
+    """`param = ? AND (cond)` on `table` (columns prefixed `x.`); `negate` means NOT EXISTS."""
+
+    table: str
+    param: int
+    cond: str
+    params: tuple[Any, ...]
+    negate: bool = False
 
 
-def compile_where(query: Query) -> Sql:
-    """WHERE conditions on `resources r` for every criterion of the query."""
-    out = Sql()
-    if query.type is not None:
-        out.where.append("r.type = ?")
-        out.params.append(query.type)
-    out.where.append("r.deleted = 0")
-    for c in query.criteria:
-        cond, params = _criterion(c)
-        out.where.append(cond)
-        out.params += params
-    return out
+@dataclass(frozen=True)
+class Raw:
+    """A condition on the resources alias itself (for `_id`), written with `{a}` for the alias."""
+
+    cond: str
+    params: tuple[Any, ...]
 
 
-def _criterion(c: Criterion) -> tuple[str, list[Any]]:
+def leaf(c: Criterion) -> Leaf | Raw:
     p = c.param
-    table = _TABLE.get(p.type)
-    if table is None:
-        raise invalid(f"search parameter {c.raw_name} of type {p.type} is not supported", c.raw_name)
+    allowed = _MODIFIERS.get(p.type)
+    if allowed is None:
+        raise invalid(f"search parameter {c.raw_name} of type {p.type} is not supported", c.raw_name, "not-supported")
+    if c.modifier == "missing":
+        return Leaf(_TABLE[p.type], p.id, "1 = 1", (), negate=c.values[0].text == "true")
     if p.code == "_id":
         if c.modifier not in (None, "not"):
             raise invalid(f"modifier :{c.modifier} is not supported on _id", c.raw_name)
         marks = ", ".join("?" for _ in c.values)
         op = "NOT IN" if c.modifier == "not" else "IN"
-        return f"r.id {op} ({marks})", [v.text for v in c.values]
+        return Raw(f"{{a}}.id {op} ({marks})", tuple(v.text for v in c.values))
     if p.type == "reference" and c.modifier == "identifier":
         # Reference.identifier values are indexed as token rows under the same parameter id
-        table = "idx_token"
-        c = Criterion(p, None, c.values, c.raw_name)
         conds = [_token(c, v) for v in c.values]
-        inner = " OR ".join(f"({cond})" for cond, _p, _n in conds)
-        return f"r.pk IN (SELECT res FROM {table} WHERE param = ? AND ({inner}))", [
-            p.id, *(x for _c, ps, _n in conds for x in ps)]
-    if c.modifier == "missing":
-        missing = c.values[0].text == "true"
-        op = "NOT IN" if missing else "IN"
-        return f"r.pk {op} (SELECT res FROM {table} WHERE param = ?)", [p.id]
-    alternatives: list[str] = []
-    params: list[Any] = []
-    negate = False
-    for v in c.values:
-        if p.type == "token":
-            cond, vp, negate = _token(c, v)  # :not excludes resources having any of the codes
-        elif p.type == "string":
-            cond, vp = _string(c, v)
-        elif p.type == "reference":
-            cond, vp = _reference(c, v)
-        elif p.type == "date":
-            cond, vp = _range(c, v, normalize.date_range(v.text) if _valid_date(v.text) else None)
-        elif p.type == "number":
-            cond, vp = _range(c, v, _number_range(c, v.text))
-        elif p.type == "quantity":
-            cond, vp = _quantity(c, v)
-        elif p.type == "uri":
-            cond, vp = _uri(c, v)
-        else:
-            raise invalid(f"search parameter {c.raw_name} of type {p.type} is not supported yet", c.raw_name)
-        alternatives.append(cond)
-        params += vp
-    inner = " OR ".join(f"({a})" for a in alternatives)
-    op = "NOT IN" if negate else "IN"
-    return f"r.pk {op} (SELECT res FROM {table} WHERE param = ? AND ({inner}))", [p.id, *params]
+        return Leaf("idx_token", p.id, _or(conds), _flat(conds))
+    if p.type == "reference" and c.modifier and c.modifier[:1].isupper():
+        conds = [_reference(c, v, c.modifier) for v in c.values]
+        return Leaf("idx_reference", p.id, _or(conds), _flat(conds))
+    if c.modifier not in allowed:
+        raise invalid(f"modifier :{c.modifier} is not supported on {p.type} parameter {c.raw_name}", c.raw_name,
+                      "not-supported")
+    if p.type == "token":
+        if c.modifier == "text":
+            conds = [("x.text >= ? AND x.text < ?", [normalize.norm_string(v.text),
+                                                     normalize.norm_string(v.text) + "\U0010ffff"]) for v in c.values]
+            return Leaf("idx_token_text", p.id, _or(conds), _flat(conds))
+        if c.modifier in ("of-type", "in", "not-in", "above", "below"):
+            raise invalid(f"modifier :{c.modifier} on {c.raw_name} needs terminology support that is not built yet",
+                          c.raw_name, "not-supported")
+        conds = [_token(c, v) for v in c.values]
+        return Leaf("idx_token", p.id, _or(conds), _flat(conds), negate=c.modifier == "not")
+    compile_value = _COMPILERS[p.type]
+    conds = [compile_value(c, v) for v in c.values]
+    return Leaf(_TABLE[p.type], p.id, _or(conds), _flat(conds))
 
 
-def _token(c: Criterion, v: Value) -> tuple[str, list[Any], bool]:
-    if c.modifier not in (None, "not"):
-        raise invalid(f"modifier :{c.modifier} is not supported on {c.raw_name} yet", c.raw_name)
-    negate = c.modifier == "not"
+def _or(conds: list[tuple[str, list[Any]]]) -> str:
+    return " OR ".join(f"({cond})" for cond, _ in conds) if len(conds) > 1 else conds[0][0]
+
+
+def _flat(conds: list[tuple[str, list[Any]]]) -> tuple[Any, ...]:
+    return tuple(x for _, ps in conds for x in ps)
+
+
+def exists_sql(node: Node, alias: str, depth: int = 0) -> tuple[str, list[Any]]:
+    """A condition on `alias` (a `resources` row) that holds when the node matches it."""
+    if isinstance(node, Criterion):
+        lf = leaf(node)
+        if isinstance(lf, Raw):
+            return lf.cond.format(a=alias), list(lf.params)
+        x = f"x{depth}"
+        cond = lf.cond.replace("x.", f"{x}.")
+        sql = f"EXISTS (SELECT 1 FROM {lf.table} {x} WHERE {x}.res = {alias}.pk AND {x}.param = ? AND ({cond}))"
+        return (f"NOT {sql}" if lf.negate else sql), [lf.param, *lf.params]
+    t, x = f"t{depth}", f"x{depth}"
+    if isinstance(node, Chain):
+        alternatives, params = [], []
+        for target, inner in node.targets:
+            cond, ps = exists_sql(inner, t, depth + 1)
+            alternatives.append(f"({t}.type = ? AND {cond})")
+            params += [target, *ps]
+        sql = (f"EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {t} ON {t}.ref = {x}.ref"
+               f" WHERE {x}.res = {alias}.pk AND {x}.param = ? AND {t}.deleted = 0"
+               f" AND {t}.type = {x}.target_type AND {t}.id = {x}.target AND ({' OR '.join(alternatives)}))")
+        return sql, [node.param.id, *params]
+    assert isinstance(node, Has)
+    cond, ps = exists_sql(node.inner, t, depth + 1)
+    sql = (f"EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {t} ON {t}.pk = {x}.res"
+           f" WHERE {x}.ref = {alias}.ref AND {x}.param = ? AND {x}.target_type = {alias}.type"
+           f" AND {x}.target = {alias}.id AND {t}.type = ? AND {t}.deleted = 0 AND {cond})")
+    return sql, [node.param.id, node.type, *ps]
+
+
+def driver_sql(node: Node) -> tuple[str, list[Any]] | None:
+    """`SELECT res ...` of the keys matching a positive leaf, or None when the node cannot drive."""
+    if not isinstance(node, Criterion):
+        return None
+    lf = leaf(node)
+    if isinstance(lf, Raw) or lf.negate:
+        return None
+    return f"SELECT x.res FROM {lf.table} x WHERE x.param = ? AND ({lf.cond})", [lf.param, *lf.params]
+
+
+# -- value compilers: (condition on x, bound values) ------------------------------------------------
+
+
+def _token(c: Criterion, v: Value) -> tuple[str, list[Any]]:
     if "|" not in v.text:
-        return "code = ?", [h64(v.text)], negate
+        return "x.code = ?", [h64(v.text)]
     system, _, code = v.text.partition("|")
     if not system:
-        return "code = ? AND system = 0", [h64(code)], negate
+        return "x.code = ? AND x.system = 0", [h64(code)]
     if not code:
-        return "system = ?", [h64(system)], negate
-    return "code = ? AND system = ?", [h64(code), h64(system)], negate
+        return "x.system = ?", [h64(system)]
+    return "x.code = ? AND x.system = ?", [h64(code), h64(system)]
 
 
 def _string(c: Criterion, v: Value) -> tuple[str, list[Any]]:
     if c.modifier == "exact":
-        return "exact = ?", [v.text]
+        return "x.exact = ?", [v.text]
     norm = normalize.norm_string(v.text)
     if c.modifier == "contains":
-        return "norm LIKE ? ESCAPE '\\'", ["%" + _like_escape(norm) + "%"]
-    if c.modifier is not None:
-        raise invalid(f"modifier :{c.modifier} is not supported on {c.raw_name}", c.raw_name)
-    # starts-with as a range scan on the (param, norm) key: norm >= prefix AND norm < prefix + U+10FFFF
-    return "norm >= ? AND norm < ?", [norm, norm + "\U0010ffff"]
+        return "x.norm LIKE ? ESCAPE '\\'", ["%" + _like_escape(norm) + "%"]
+    # starts-with as a range scan on the (param, norm) key
+    return "x.norm >= ? AND x.norm < ?", [norm, norm + "\U0010ffff"]
 
 
 def _like_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _reference(c: Criterion, v: Value) -> tuple[str, list[Any]]:
+def _reference(c: Criterion, v: Value, type_: str | None = None) -> tuple[str, list[Any]]:
     text = v.text
-    if c.modifier and c.modifier[:1].isupper():
-        return "ref = ?", [h64(f"{c.modifier}/{text}")]
-    if c.modifier is not None:
-        raise invalid(f"modifier :{c.modifier} is not supported on {c.raw_name}", c.raw_name)
+    if type_ is not None and "/" not in text:
+        return "x.ref = ?", [h64(f"{type_}/{text}")]
     if "/" in text and not text.startswith(("http://", "https://", "urn:")):
         parts = text.split("/")
         if len(parts) >= 4 and parts[-2] == "_history":
             parts = parts[:-2]
-        return "ref = ?", [h64(f"{parts[-2]}/{parts[-1]}")]
-    if "/" in text:
-        return "ref = ?", [h64(text)]
+        return "x.ref = ?", [h64(f"{parts[-2]}/{parts[-1]}")]
+    if "/" in text or text.startswith("urn:"):
+        return "x.ref = ?", [h64(text)]
     targets = c.param.targets or ()
     if not targets:
-        return "target = ?", [text]
+        return "x.target = ?", [text]
     marks = ", ".join("?" for _ in targets)
-    return f"ref IN ({marks})", [h64(f"{t}/{text}") for t in targets]
+    return f"x.ref IN ({marks})", [h64(f"{t}/{text}") for t in targets]
 
 
-def _valid_date(text: str) -> bool:
+def _date(c: Criterion, v: Value) -> tuple[str, list[Any]]:
     try:
-        normalize.date_range(text)
-    except ValueError:
-        return False
-    return True
+        rng = normalize.date_range(v.text)
+    except ValueError as exc:
+        raise invalid(f"{c.raw_name}: {v.text!r} is not a valid date, dateTime or instant", c.raw_name) from exc
+    return _prefixed(c, v.prefix, rng)
 
 
-def _number_range(c: Criterion, text: str) -> tuple[float, float] | None:
+def _number_range(c: Criterion, text: str) -> tuple[float, float]:
     try:
-        lo, hi = normalize.number_range(text)
-    except ValueError:
-        return None
-    return lo, hi
+        return normalize.number_range(text)
+    except (ValueError, ArithmeticError) as exc:
+        raise invalid(f"{c.raw_name}: {text!r} is not a valid number", c.raw_name) from exc
 
 
-def _range(c: Criterion, v: Value, rng: tuple[Any, Any] | None) -> tuple[str, list[Any]]:
+def _number(c: Criterion, v: Value) -> tuple[str, list[Any]]:
+    return _prefixed(c, v.prefix, _number_range(c, v.text))
+
+
+def _prefixed(c: Criterion, prefix: str | None, rng: tuple[Any, Any], lo: str = "x.lo",
+              hi: str = "x.hi") -> tuple[str, list[Any]]:
     """The spec's prefix semantics over stored [lo, hi] ranges against the query range [a, b]."""
-    if rng is None:
-        raise invalid(f"{c.raw_name}: {v.text!r} is not a valid {c.param.type}", c.raw_name)
-    if c.modifier not in (None,):
-        raise invalid(f"modifier :{c.modifier} is not supported on {c.raw_name}", c.raw_name)
     a, b = rng
-    prefix = v.prefix or "eq"
+    prefix = prefix or "eq"
     if prefix == "eq":
-        return "lo >= ? AND hi <= ?", [a, b]
+        return f"{lo} >= ? AND {hi} <= ?", [a, b]
     if prefix == "ne":
-        return "(lo < ? OR hi > ?)", [a, b]
+        return f"({lo} < ? OR {hi} > ?)", [a, b]
     if prefix == "gt":
-        return "hi > ?", [b]
+        return f"{hi} > ?", [b]
     if prefix == "lt":
-        return "lo < ?", [a]
+        return f"{lo} < ?", [a]
     if prefix == "ge":
-        return "hi >= ?", [a]
+        return f"{hi} >= ?", [a]
     if prefix == "le":
-        return "lo <= ?", [b]
+        return f"{lo} <= ?", [b]
     if prefix == "sa":
-        return "lo > ?", [b]
+        return f"{lo} > ?", [b]
     if prefix == "eb":
-        return "hi < ?", [a]
-    # ap: within 10% of the value (dates: of the distance to now is not needed -- use the range +-10%)
-    span = (b - a) if isinstance(a, int) else abs((a + b) / 2) * 0.1
-    return "lo <= ? AND hi >= ?", [b + span, a - span]
+        return f"{hi} < ?", [a]
+    # ap: overlaps the value widened by 10% of its magnitude (dates: 10% of the range's width, at least a day)
+    span = max((b - a) // 10, 86_400_000_000) if isinstance(a, int) else abs((a + b) / 2) * 0.1
+    return f"{lo} <= ? AND {hi} >= ?", [b + span, a - span]
 
 
 def _quantity(c: Criterion, v: Value) -> tuple[str, list[Any]]:
     number, *rest = v.text.split("|")
-    rng = _number_range(c, number)
-    cond, params = _range(c, Value(v.prefix, number), rng)
+    cond, params = _prefixed(c, v.prefix, _number_range(c, number))
     if len(rest) == 2:
         system, code = rest
         if code:
-            cond += " AND code = ?"
+            cond += " AND x.code = ?"
             params.append(h64(code))
         if system:
-            cond += " AND system = ?"
+            cond += " AND x.system = ?"
             params.append(h64(system))
     elif rest:
         raise invalid(f"{c.raw_name}: {v.text!r} is not number|system|code", c.raw_name)
@@ -205,12 +242,45 @@ def _quantity(c: Criterion, v: Value) -> tuple[str, list[Any]]:
 
 def _uri(c: Criterion, v: Value) -> tuple[str, list[Any]]:
     if c.modifier is None:
-        return "uri = ?", [v.text]
+        return "x.uri = ?", [v.text]
     if c.modifier == "below":
-        return "uri >= ? AND uri < ?", [v.text, v.text + "\U0010ffff"]
-    if c.modifier == "above":
-        parts = v.text.split("/")
-        prefixes = ["/".join(parts[:i]) for i in range(3, len(parts) + 1)] or [v.text]
-        return f"uri IN ({', '.join('?' for _ in prefixes)})", prefixes
-    raise invalid(f"modifier :{c.modifier} is not supported on {c.raw_name}", c.raw_name)
+        return "x.uri >= ? AND x.uri < ?", [v.text, v.text + "\U0010ffff"]
+    parts = v.text.split("/")  # above: the uri itself and every parent path of it
+    prefixes = ["/".join(parts[:i]) for i in range(3, len(parts) + 1)] or [v.text]
+    return f"x.uri IN ({', '.join('?' for _ in prefixes)})", prefixes
 
+
+def _composite(c: Criterion, v: Value) -> tuple[str, list[Any]]:
+    """`token$value`: the first component a token, the second hashed or ranged (see search.extract)."""
+    first, sep, second = v.text.partition("$")
+    if not sep:
+        raise invalid(f"{c.raw_name}: {v.text!r} needs two components separated by $", c.raw_name)
+    tok, tok_params = _token(c, Value(None, first))
+    cond = tok.replace("x.code", "x.code1").replace("x.system", "x.system1")
+    params = list(tok_params)
+    prefix = second[:2] if second[:2] in ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap") else None
+    number = second[2:] if prefix else second
+    try:
+        rng: tuple[Any, Any] = normalize.number_range(number.split("|")[0])
+    except (ValueError, ArithmeticError):
+        rng = None  # type: ignore[assignment]
+    if rng is None:
+        try:
+            lo_us, hi_us = normalize.date_range(number)
+            rng = (float(lo_us), float(hi_us))
+        except ValueError:
+            if "|" in second:
+                second = second.rpartition("|")[2]
+            return f"{cond} AND x.h2 = ?", [*params, h64(normalize.norm_string(second)), h64(second)][:len(params) + 1]
+    pcond, pparams = _prefixed(c, prefix, rng, "x.lo2", "x.hi2")
+    unit = number.split("|")[2] if number.count("|") == 2 else ""
+    if unit:
+        pcond += " AND x.h2 = ?"
+        pparams.append(h64(unit))
+    return f"{cond} AND {pcond}", [*params, *pparams]
+
+
+_COMPILERS = {
+    "string": _string, "reference": _reference, "date": _date, "number": _number,
+    "quantity": _quantity, "uri": _uri, "composite": _composite,
+}

@@ -21,7 +21,16 @@ from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
 from . import integrity
 from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
-from .schema import INDEX_TABLE_NAMES, INDEX_TABLES, index_rows_with_res, insert_index_sql, migrations
+from .hashing import h64
+from .schema import (
+    INDEX_TABLE_NAMES,
+    INDEX_TABLES,
+    REF_MIGRATION,
+    backfill_refs,
+    index_rows_with_res,
+    insert_index_sql,
+    migrations,
+)
 
 MIGRATION_LOCK_KEY = 0x73616D76_6D696772  # "samvmigr": serialises concurrent startups per database
 
@@ -31,9 +40,9 @@ _DELETE_INDEX_ROWS = "WITH " + ", ".join(
 ) + " SELECT 1"
 # A new head and its first history row in one statement: the head takes the history seq up front.
 _CREATE = (
-    "WITH r AS (INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment)"
+    "WITH r AS (INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment, ref)"
     " VALUES (%(type)s, %(id)s, %(version)s, nextval(pg_get_serial_sequence('history', 'seq')),"
-    " %(deleted)s, %(lu)s, %(compartment)s) RETURNING pk, seq)"
+    " %(deleted)s, %(lu)s, %(compartment)s, %(ref)s) RETURNING pk, seq)"
     " INSERT INTO history (seq, pk, type, version, last_updated, method, data)"
     " SELECT seq, pk, %(type)s, %(version)s, %(lu)s, %(method)s, %(data)s::jsonb FROM r RETURNING pk"
 )
@@ -87,6 +96,12 @@ def _read(conn: psycopg.Connection[Any], type_: str, id_: str) -> Version | None
     return _version(type_, id_, row) if row else None
 
 
+def _backfill(conn: psycopg.Connection[Any]) -> None:
+    cur = conn.cursor()
+    backfill_refs(lambda sql, ps: cur.execute(sql.replace("?", "%s"), ps).fetchall(),
+                  lambda sql, rows: cur.executemany(sql.replace("?", "%s"), rows))
+
+
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply every migration not yet in `schema_migrations`, under a session advisory lock."""
     conn.execute("SELECT pg_advisory_lock(%s::bigint)", (MIGRATION_LOCK_KEY,))
@@ -102,6 +117,8 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
                 continue
             with conn.transaction():
                 conn.execute(script.encode())  # several statements, no parameters
+                if version == REF_MIGRATION:
+                    _backfill(conn)
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
             applied.add(version)
         return max(applied, default=0)
@@ -141,6 +158,7 @@ class PostgresUnitOfWork:
         args = {
             "type": w.type, "id": w.id, "version": w.version, "deleted": int(w.data is None),
             "lu": w.last_updated_us, "compartment": w.compartment, "method": w.method,
+            "ref": h64(f"{w.type}/{w.id}"),
             "data": w.data.decode("utf-8") if w.data is not None else None, "pk": w.previous_pk,
         }
         c = self._c

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import Any
 
 from .base import Dialect, IndexRows
+from .hashing import h64
 
 # IndexRows field -> (table, columns in the field's tuple order); `res` is appended to every row.
 INDEX_TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -51,6 +54,21 @@ def migrations(dialect: Dialect) -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
     return sorted(found)
+
+
+REF_MIGRATION = 2  # the migration that adds resources.ref, which only the application can compute
+
+
+def backfill_refs(fetch: Callable[[str, Sequence[Any]], list[Any]],
+                  executemany: Callable[[str, list[tuple[Any, ...]]], Any], batch: int = 10_000) -> int:
+    """Fill `resources.ref` (the hash of "Type/id") where a migration added it; returns rows filled."""
+    done = 0
+    while True:
+        rows = fetch("SELECT pk, type, id FROM resources WHERE ref IS NULL ORDER BY pk LIMIT ?", (batch,))
+        if not rows:
+            return done
+        executemany("UPDATE resources SET ref = ? WHERE pk = ?", [(h64(f"{t}/{i}"), pk) for pk, t, i in rows])
+        done += len(rows)
 
 
 INDEX_TABLE_NAMES = tuple(table for _f, table, _c in INDEX_TABLES)

@@ -19,7 +19,8 @@ from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
 from . import integrity
 from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
-from .schema import INDEX_TABLE_NAMES, index_rows_with_res, insert_index_sql, migrations
+from .hashing import h64
+from .schema import INDEX_TABLE_NAMES, REF_MIGRATION, backfill_refs, index_rows_with_res, insert_index_sql, migrations
 
 _INSERT = insert_index_sql("sqlite")
 _VERSION_COLS = "h.version, h.last_updated, h.method, h.data"
@@ -53,6 +54,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             for statement in sql.split(";\n"):
                 if statement.strip():
                     conn.execute(statement)
+            if version == REF_MIGRATION:
+                backfill_refs(lambda q, ps: conn.execute(q, ps).fetchall(), conn.executemany)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
@@ -97,9 +100,10 @@ class SqliteUnitOfWork:
         if pk is None:
             try:
                 cur = c.execute(
-                    "INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment)"
-                    " VALUES (?, ?, ?, 0, ?, ?, ?)",
-                    (w.type, w.id, w.version, w.data is None, w.last_updated_us, w.compartment),
+                    "INSERT INTO resources (type, id, version, seq, deleted, last_updated, compartment, ref)"
+                    " VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+                    (w.type, w.id, w.version, w.data is None, w.last_updated_us, w.compartment,
+                     h64(f"{w.type}/{w.id}")),
                 )
             except sqlite3.IntegrityError as exc:  # a create for an id that exists: same as PostgreSQL
                 raise FhirError.of(Category.CONFLICT, f"{w.type}/{w.id} exists already") from exc
