@@ -147,3 +147,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
 
+
+
+if __name__ == "__main__":
+    main()

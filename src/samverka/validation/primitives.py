@@ -63,6 +63,11 @@ def _calendar_ok(text: str) -> bool:
     return True
 
 
+# R4 strings "SHALL NOT contain Unicode character points below 32, except for u0009, u000D and u000A"
+# (https://hl7.org/fhir/R4/datatypes.html#string); PostgreSQL would refuse a NUL outright.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]").search
+
+
 def _string_checker(name: str, rx: re.Pattern[str] | None) -> Checker:
     match = rx.fullmatch if rx is not None else None
     label = f"a valid {name}"
@@ -74,6 +79,8 @@ def _string_checker(name: str, rx: re.Pattern[str] | None) -> Checker:
             return "error", f"{name} value must be a JSON string, got {_json_kind(v)}"
         if not v:
             return "error", f"{name} value must not be an empty string"
+        if _CONTROL(v) is not None:
+            return "error", f"{name} value contains a control character (below U+0020 other than tab, CR, LF)"
         if is_text:
             if len(v) > _MAX_STRING:
                 return "error", f"{name} value exceeds the 1 MB limit"
