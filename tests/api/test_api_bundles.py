@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from support.server import RunningServer, expect_outcome
 
 SYNTHEA = Path("/work/shared/data/synthea-r4")
@@ -287,9 +285,6 @@ def test_transaction_put_listed_before_post_gets_the_posted_id(server: RunningSe
     assert server.client.get(f"/Observation/{put_id}").json()["subject"]["reference"] == f"Patient/{pat_id}"
 
 
-@pytest.mark.xfail(reason="transaction.py matches conditional PUT criteria before any POST is written, so a "
-                   "conditional PUT does not see the resource a POST of the same transaction creates (spec order: "
-                   "POST before PUT); it creates a second resource instead of updating or failing", strict=True)
 def test_transaction_runs_post_before_conditional_put(server: RunningServer, uid: str) -> None:
     """POST is processed before PUT: a conditional PUT matching the POSTed resource never creates a duplicate."""
     system = f"urn:tx:{uid}"

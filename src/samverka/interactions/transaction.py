@@ -187,6 +187,13 @@ def _apply(svc: Services, uow: UnitOfWork, e: Entry, ids: dict[str, str], change
     if e.method == "PATCH":
         return _patch(svc, uow, e, ts)
     assert e.prepared is not None and e.id is not None
+    if e.method == "PUT" and e.query is not None:
+        # POSTs run before PUTs: if one of them created a resource these criteria now match, the
+        # match decided before the writes is stale, and the spec lets the transaction fail.
+        found = matches(svc, uow, e.type, e.query, f"{e.expr}.request.url")
+        if found and found != [e.id]:
+            raise FhirError.of(Category.PRECONDITION, f"the criteria {e.query} also match a {e.type} created "
+                               "earlier in this transaction")
     current = uow.current(e.type, e.id)
     check_if_match(current, e.request.get("ifMatch"), e.type, e.id)
     if e.request.get("ifNoneMatch") is not None and current is not None and not current.deleted:
