@@ -22,10 +22,19 @@ def update(svc: Services, type_: str, id_: str, body: Any, if_match: str | None 
                       f"{type_}.id")
     validate(svc, resource)
     p = prepare(svc, resource, id_)
-    with svc.repo.transaction() as uow:
-        current = uow.current(type_, id_)
-        check_if_match(current, if_match, type_, id_)
-        v = commit(uow, svc, p, current, "PUT", stamp_us())
+    for attempt in (1, 2):
+        try:
+            with svc.repo.transaction() as uow:
+                current = uow.current(type_, id_)
+                check_if_match(current, if_match, type_, id_)
+                v = commit(uow, svc, p, current, "PUT", stamp_us())
+            break
+        except FhirError as exc:
+            # two update-as-creates of one new id raced and the other committed first: now it exists,
+            # so this one is an ordinary update of it (row locks make the second try safe)
+            if exc.category is not Category.CONFLICT or attempt == 2 or current is not None:
+                raise
+            p = prepare(svc, p.resource, id_)
     created = current is None or current.deleted
     headers = version_headers(v) | {"Location": f"{type_}/{id_}/_history/{v.version}"}
     return Result(201 if created else 200, version=v, headers=headers)
