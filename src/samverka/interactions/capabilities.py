@@ -14,8 +14,8 @@ from ..search.params import Registry
 
 _TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                       "create", "search-type")
-# the parameter types search.sql compiles; composite parameters are refused there, so they are not claimed
-_SEARCHABLE = {"string", "token", "reference", "date", "number", "quantity", "uri"}
+# the parameter types search.sql compiles (special parameters are not claimed)
+_SEARCHABLE = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
 
 
 def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]) -> dict[str, Any]:

@@ -68,9 +68,28 @@ def _tok_cc(pid: int, v: Any, rows: IndexRows) -> None:
         rows.token_texts.append((pid, norm_string(text)))
 
 
+def of_type_system(type_system: str, type_code: str) -> int:
+    """The system hash of an `:of-type` row: h64 of "type system|type code" (a real system has no `|`)."""
+    return _h(f"{type_system}|{type_code}")
+
+
 def _tok_identifier(pid: int, v: Any, rows: IndexRows) -> None:
-    if type(v) is dict and (v.get("value") or v.get("system")):
-        rows.tokens.append((pid, hs(v.get("system")), hs(v.get("value"))))
+    if type(v) is not dict:
+        return
+    value = v.get("value")
+    if value or v.get("system"):
+        rows.tokens.append((pid, hs(v.get("system")), hs(value)))
+    ident_type = v.get("type")
+    if type(ident_type) is not dict:
+        return
+    if value and type(value) is str:
+        # :of-type rows: (param, h64(type.system|type.code), h64(value)), see `of_type_system`
+        for c in ident_type.get("coding", ()):
+            if type(c) is dict and type(c.get("code")) is str and c["code"]:
+                rows.tokens.append((pid, of_type_system(c.get("system") or "", c["code"]), _h(value)))
+    text = ident_type.get("text")
+    if text and type(text) is str:  # :text on an Identifier searches Identifier.type.text
+        rows.token_texts.append((pid, norm_string(text)))
 
 
 def _tok_contact(pid: int, v: Any, rows: IndexRows) -> None:

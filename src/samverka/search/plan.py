@@ -80,7 +80,7 @@ def build(db: Fetcher, registry: Registry, query: Query, filters: Sequence[tuple
     probes: dict[str, int] = {}
     best: tuple[int, int] | None = None
     for i, node in enumerate(query.criteria):
-        driver = driver_sql(node)
+        driver = driver_sql(node, db)
         if driver is None:
             continue
         sql, ps = driver
@@ -92,12 +92,12 @@ def build(db: Fetcher, registry: Registry, query: Query, filters: Sequence[tuple
     strategy = "walk the type index in key order"
     for i, node in enumerate(query.criteria):
         if best is not None and i == best[1]:
-            sql, ps = driver_sql(node)  # type: ignore[misc]
+            sql, ps = driver_sql(node, db)  # type: ignore[misc]
             source = f"(SELECT DISTINCT d.res FROM ({sql}) d) m JOIN resources r ON r.pk = m.res"
             params = [*ps, *params]
             strategy = f"driven by {getattr(node, 'raw_name', '?')} ({best[0]} candidate keys)"
             continue
-        cond, ps = exists_sql(node, "r")
+        cond, ps = exists_sql(node, "r", db=db)
         where.append(cond)
         params += ps
     sort = sort_keys(registry, query)
