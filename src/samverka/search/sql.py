@@ -79,6 +79,11 @@ def leaf(c: Criterion, db: Fetcher | None = None) -> Leaf | Raw:
     if allowed is None:
         raise invalid(f"search parameter {c.raw_name} of type {p.type} is not supported", c.raw_name, "not-supported")
     _check_values(c)
+    if c.modifier == "missing" and p.type == "reference":
+        # a Reference with only an identifier is indexed in idx_token under the same parameter id
+        has = ("(EXISTS (SELECT 1 FROM idx_reference mr WHERE mr.res = {a}.pk AND mr.param = ?)"
+               " OR EXISTS (SELECT 1 FROM idx_token mt WHERE mt.res = {a}.pk AND mt.param = ?))")
+        return Raw(f"NOT {has}" if c.values[0].text == "true" else has, (p.id, p.id))
     if c.modifier == "missing":
         return Leaf(_TABLE[p.type], p.id, "1 = 1", (), negate=c.values[0].text == "true")
     if p.code == "_id":
@@ -134,8 +139,9 @@ def _of_type(c: Criterion, v: Value) -> Cond:
 
 
 def _codes_in(system: str, codes: set[str] | list[str]) -> Cond:
+    """Codes of `system`; a row without a system (a `code` element, whose system is implied) counts too."""
     ordered = sorted(codes)
-    return (f"x.system = ? AND x.code IN ({', '.join('?' for _ in ordered)})",
+    return (f"x.system IN (?, 0) AND x.code IN ({', '.join('?' for _ in ordered)})",
             [h64(system), *(h64(code) for code in ordered)])
 
 
