@@ -141,6 +141,49 @@ def check(data_dir: DataDir = Path("samverka-data"), database: Database = None) 
     console.print(f"ok: {checked} resources consistent")
 
 
+@app.command()
+def reindex(
+    data_dir: DataDir = Path("samverka-data"),
+    database: Database = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="SearchParameter url (default: all not ready)")]
+    = None,
+    batch: Annotated[int, typer.Option(help="resources per transaction")] = 200,
+) -> None:
+    """Index existing resources for new or changed SearchParameters (resumes an unfinished job)."""
+    import time
+
+    from .api.server import build_services
+    from .interactions import reindex as jobs
+
+    svc = build_services(Settings(data_dir=data_dir, database=database, validate_writes=False))
+    try:
+        job = jobs.start(svc, param or None)
+        if job is None:
+            console.print("nothing to reindex: every search parameter is ready")
+            return
+        console.print(f"reindex job {job.id}: {', '.join(job.params)} ({job.total} resources)")
+
+        def report(j: jobs.Job) -> None:
+            console.print(f"job {j.id}: {min(j.done, j.total)}/{j.total} ({j.percent}%)", highlight=False)
+
+        while True:
+            done = jobs.run(svc, job, batch, report)
+            if done is not None:
+                break
+            current = jobs.jobs(svc, job.id)[0]  # another live runner has it: follow its progress
+            if current.status != "running":
+                done = current
+                break
+            report(current)
+            time.sleep(1.0)
+        if done.status != "done":
+            console.print(f"[red]job {done.id} {done.status}: {done.error or ''}[/red]")
+            raise typer.Exit(1)
+        console.print(f"ok: job {done.id} done, {done.total} resources reindexed")
+    finally:
+        svc.repo.close()
+
+
 def main() -> None:
     try:
         app()

@@ -24,6 +24,7 @@ from ..interactions import (
     history,
     patch,
     read,
+    reindex,
     search,
     transaction,
     update,
@@ -93,7 +94,15 @@ class FhirApi:
                 return search.search(svc, base, None, pairs, strict)
         elif parts[0] == "metadata" and n == 1 and method in ("GET", "HEAD"):
             formats = (JSON, "application/json", XML)
-            return Result(200, resource=capabilities.capability_statement(svc.registry, base, formats))
+            statement = capabilities.capability_statement(svc.searchable(force=True), base, formats)
+            return Result(200, resource=_mark_custom(svc, statement))
+        elif parts[0] == "$reindex" and n == 1 and method == "POST":
+            body = await self._body(request) if int(h.get("content-length") or 0) else None
+            return reindex.reindex_operation(svc, base, _urls(pairs, body))
+        elif parts[0] == "$reindex-status" and n == 1 and method in ("GET", "HEAD"):
+            return reindex.status(svc, dict(pairs).get("job"))
+        elif n == 3 and parts[0] == "SearchParameter" and parts[2] == "$reindex" and method == "POST":
+            return reindex.reindex_search_parameter(svc, base, parts[1])
         elif parts[0] == "_history" and n == 1 and method in ("GET", "HEAD"):
             return history.history(svc, base, None, None, pairs)
         elif n == 1:
@@ -143,6 +152,33 @@ class FhirApi:
             raise FhirError.of(Category.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
         raise invalid(f"{method} /fhir/{'/'.join(parts)} is not a FHIR interaction this server knows", None,
                       "not-supported")
+
+
+def _urls(pairs: list[tuple[str, str]], body: Any) -> list[str]:
+    """`url` from the query string or from a Parameters body: which SearchParameters to reindex."""
+    urls = [v for k, v in pairs if k == "url"]
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        urls += [p["valueUri"] for p in body.get("parameter", []) if p.get("name") == "url" and "valueUri" in p]
+    elif body is not None:
+        raise invalid("$reindex takes a Parameters resource (url: the SearchParameters to reindex)", None)
+    return urls
+
+
+def _mark_custom(svc: Services, statement: dict[str, Any]) -> dict[str, Any]:
+    """Say which searchParams are custom, and which of those cannot be used until their reindex ends."""
+    registry = svc.registry
+    custom = {p.url for p in getattr(registry, "custom", list)()}
+    pending = getattr(registry, "pending", {})
+    if not custom and not pending:
+        return statement
+    for res in statement["rest"][0]["resource"]:
+        for sp in res.get("searchParam", []):
+            url = sp.get("definition")
+            if url in pending:
+                sp["documentation"] = "Not usable yet: existing resources are being reindexed (see $reindex-status)."
+            elif url in custom:
+                sp["documentation"] = "Custom search parameter (a SearchParameter resource on this server)."
+    return statement
 
 
 async def _health(request: Request) -> Response:

@@ -11,8 +11,9 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from ..config import Settings
+from ..interactions import reindex
 from ..interactions.context import Services
-from ..search.params import Registry
+from ..search.custom import LiveParams
 from ..store import open_repository
 from ..validation import Validator
 from .app import create_app
@@ -23,7 +24,8 @@ SETTINGS_ENV = "SAMVERKA_SETTINGS"
 def build_services(settings: Settings) -> Services:
     repo = open_repository(settings.data_dir, settings.database)
     validator = Validator.default() if settings.validate_writes else None
-    return Services(repo, Registry.default(), validator, settings)
+    live = LiveParams(repo)  # R4 plus the stored custom SearchParameters, reloaded when they change
+    return Services(repo, live.registry(), validator, settings, live)
 
 
 def settings_to_env(settings: Settings) -> str:
@@ -39,4 +41,6 @@ def settings_from_env() -> Settings:
 def app_from_env() -> Starlette:
     """The uvicorn factory (`--workers N` starts one per process)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
-    return create_app(build_services(settings_from_env()))
+    svc = build_services(settings_from_env())
+    reindex.resume_in_background(svc)  # a reindex whose runner died continues here
+    return create_app(svc)

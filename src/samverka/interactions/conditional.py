@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import invalid
 from ..search.engine import matching_ids
-from ..search.query import parse, parse_pairs
+from ..search.query import parse_pairs
 from ..store import UnitOfWork
 from ..store.hashing import h64
 from .context import Services
@@ -19,7 +19,7 @@ def matches(svc: Services, uow: UnitOfWork, type_: str, criteria: str, what: str
     pairs = parse_pairs(criteria.lstrip("?"))
     if not pairs:
         raise invalid(f"{what} has no search criteria", what)
-    query = parse(svc.registry, type_, pairs)
+    query = svc.parse_query(type_, pairs)
     if query.unknown:
         raise invalid(f"{what}: unknown or unsupported search parameter(s): {', '.join(query.unknown)}", what)
     if query.result:

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Settings
+from ..search.custom import LiveParams
 from ..search.params import Registry
+from ..search.query import Query, parse
 from ..store import Repository, Version
 from ..validation import Validator
 
@@ -21,6 +23,24 @@ class Services:
     registry: Registry
     validator: Validator | None
     settings: Settings
+    live: LiveParams | None = None  # custom SearchParameters, kept current across processes
+
+    def searchable(self, force: bool = False) -> Registry:
+        """The registry, first reloaded if the custom SearchParameters changed (search.custom)."""
+        if self.live is not None:
+            self.registry = self.live.registry(force)
+        return self.registry
+
+    def parse_query(self, type_: str | None, pairs: list[tuple[str, str]]) -> Query:
+        """Parse against the current registry; a parameter still being reindexed is a 400."""
+        registry = self.searchable()
+        query = parse(registry, type_, pairs)
+        if (self.live is not None and (query.unknown or self.live.uses_custom(self.live.registry(), query))
+                and self.searchable(force=True) is not registry):
+            query = parse(self.registry, type_, pairs)
+        if self.live is not None:
+            self.live.check_ready(self.live.registry(), query)
+        return query
 
 
 @dataclass

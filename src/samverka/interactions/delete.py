@@ -19,7 +19,7 @@ def delete(svc: Services, type_: str, id_: str, if_match: str | None = None) -> 
                 check_if_match(current, if_match, type_, id_)
             return Result(204)
         check_if_match(current, if_match, type_, id_)
-        v = commit_delete(uow, type_, id_, current, stamp_us())
+        v = commit_delete(uow, type_, id_, current, stamp_us(), svc)
     return Result(204, headers={"ETag": etag(v.version)})
 
 
@@ -34,5 +34,5 @@ def conditional_delete(svc: Services, type_: str, criteria: str) -> Result:
             return Result(204)
         current = uow.current(type_, found[0])
         assert current is not None
-        v = commit_delete(uow, type_, found[0], current, stamp_us())
+        v = commit_delete(uow, type_, found[0], current, stamp_us(), svc)
     return Result(204, headers={"ETag": etag(v.version)})

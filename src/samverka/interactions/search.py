@@ -13,7 +13,6 @@ import orjson
 
 from ..errors import Category, FhirError, invalid
 from ..search import include, plan
-from ..search.query import parse
 from .bundles import full_url, link, new_bundle, resource_fragment, url_with
 from .context import Result, Services
 from .writes import check_type
@@ -25,7 +24,7 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
            compartment: tuple[str, str] | None = None) -> Result:
     if type_ is not None:
         check_type(type_)
-    query = parse(svc.registry, type_, pairs)
+    query = svc.parse_query(type_, pairs)
     if query.unknown and strict:
         raise invalid(f"unknown or unsupported search parameter(s): {', '.join(query.unknown)}",
                       query.unknown[0], "not-supported")

@@ -182,7 +182,7 @@ def _apply(svc: Services, uow: UnitOfWork, e: Entry, ids: dict[str, str], change
             current = uow.current(e.type, id_)
             if current is not None and not current.deleted:
                 check_if_match(current, e.request.get("ifMatch"), e.type, id_)
-                commit_delete(uow, e.type, id_, current, ts)
+                commit_delete(uow, e.type, id_, current, ts, svc)
         return {"status": "204 No Content"}, None
     if e.method == "PATCH":
         return _patch(svc, uow, e, ts)

@@ -20,7 +20,9 @@ import orjson
 from ..errors import Category, FhirError, invalid
 from ..fhir.definitions import resource_types
 from ..fhir.instant import format_instant, now_us
+from ..search import custom
 from ..search.extract import extract, patient_compartment
+from ..search.params import Registry
 from ..store import Current, IndexRows, UnitOfWork, Version, Write
 from .context import Services
 
@@ -35,6 +37,7 @@ class Prepared:
     resource: dict[str, Any]
     index: IndexRows
     compartment: str | None
+    registry: Registry | None = None  # the registry `index` was extracted with
 
 
 def check_type(type_: str) -> None:
@@ -97,8 +100,11 @@ def prepare(svc: Services, resource: dict[str, Any], id_: str) -> Prepared:
             meta.pop(key, None)
         if not meta:
             resource.pop("meta")
-    index = extract(resource, svc.registry)
-    return Prepared(type_, id_, resource, index, patient_compartment(resource))
+    registry = svc.searchable()
+    if type_ == "SearchParameter" and custom.searchable(resource):
+        custom.check(resource, registry)
+    index = extract(resource, registry)
+    return Prepared(type_, id_, resource, index, patient_compartment(resource), registry)
 
 
 def stamp_us() -> int:
@@ -111,6 +117,10 @@ def commit(
 ) -> Version:
     """Write `p` as the next version of its resource inside the open unit of work."""
     version = current.version + 1 if current else 1
+    if svc.live is not None:  # index with the registry current when this transaction commits
+        registry = svc.live.for_write(uow)
+        if registry is not p.registry:
+            p.index, p.registry = extract(p.resource, registry), registry
     instant = format_instant(ts_us)
     meta = {"versionId": str(version), "lastUpdated": instant}
     old_meta = p.resource.get("meta")
@@ -123,12 +133,17 @@ def commit(
     p.index.dates.append((last_updated_param(svc), ts_us, ts_us + 999))
     uow.write(Write(p.type, p.id, version, instant, ts_us, method, data, p.index, p.compartment,
                     current.pk if current else None))
+    if p.type == "SearchParameter" and svc.live is not None:
+        svc.live.on_write(uow, p.id, body)
     return Version(p.type, p.id, version, instant, method, data)
 
 
-def commit_delete(uow: UnitOfWork, type_: str, id_: str, current: Current, ts_us: int) -> Version:
+def commit_delete(uow: UnitOfWork, type_: str, id_: str, current: Current, ts_us: int,
+                  svc: Services | None = None) -> Version:
     instant = format_instant(ts_us)
     version = current.version + 1
+    if type_ == "SearchParameter" and svc is not None and svc.live is not None:
+        svc.live.on_write(uow, id_, None)
     uow.write(Write(type_, id_, version, instant, ts_us, "DELETE", None, None, None, current.pk))
     return Version(type_, id_, version, instant, "DELETE", None)
 

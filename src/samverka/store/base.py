@@ -91,6 +91,16 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Head:
+    """The current version of one resource, for a reindex batch (`data` None when deleted)."""
+
+    pk: int
+    type: str
+    id: str
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryQuery:
     type: str | None = None
     id: str | None = None
@@ -125,6 +135,24 @@ class UnitOfWork(Protocol):
 
     def lock(self, key: int) -> None:
         """Serialise writers on a key (conditional create criteria) until the transaction ends."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Change the search-parameter and reindex tables (qmark placeholders); returns RETURNING rows."""
+        ...
+
+    def param_generation(self, bump: bool = False) -> int:
+        """`search_state.generation`, locked until the transaction ends: shared by every writer, or
+        exclusive and incremented (`bump`) by a change to the searchable parameters, so a write never
+        commits index rows from a registry older than the one current at its commit."""
+        ...
+
+    def heads(self, after_pk: int, max_pk: int, limit: int, types: Sequence[str] | None) -> list[Head]:
+        """Up to `limit` resources with after_pk < pk <= max_pk, in pk order, locked against writers."""
+        ...
+
+    def replace_index(self, params: Sequence[int], rows: Sequence[tuple[int, IndexRows]]) -> None:
+        """Replace the index rows of `params` for each (pk, rows) resource: one reindex batch."""
         ...
 
 

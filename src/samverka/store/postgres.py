@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
 from . import integrity
-from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
+from .base import Current, Dialect, Head, HistoryEntry, HistoryQuery, IndexRows, Version, Write
 from .hashing import h64
 from .schema import (
     INDEX_TABLE_NAMES,
@@ -33,6 +33,7 @@ from .schema import (
 )
 
 MIGRATION_LOCK_KEY = 0x73616D76_6D696772  # "samvmigr": serialises concurrent startups per database
+PARAMS_LOCK_KEY = 0x73616D76_70617261  # "samvpara": writers share it, a SearchParameter change takes it alone
 
 _VERSION_COLS = "h.version, h.last_updated, h.method, h.data"
 _DELETE_INDEX_ROWS = "WITH " + ", ".join(
@@ -137,6 +138,7 @@ class PostgresUnitOfWork:
         self._c = conn
         self._pending: dict[str, list[tuple[object, ...]]] = {}
         self._pending_pks: set[int] = set()
+        self._generation: int | None = None
 
     def current(self, type: str, id: str) -> Current | None:
         row = self._c.execute(
@@ -153,6 +155,51 @@ class PostgresUnitOfWork:
 
     def lock(self, key: int) -> None:
         self._c.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (key,))
+
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cur = self._c.execute(to_pyformat(sql), params)
+        return cur.fetchall() if cur.description else []
+
+    def param_generation(self, bump: bool = False) -> int:
+        """The lock comes first, in its own statement: the read then sees any change that held it."""
+        if bump:
+            with self._c.pipeline():
+                self._c.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (PARAMS_LOCK_KEY,))
+                cur = self._c.execute("UPDATE search_state SET generation = generation + 1 RETURNING generation")
+            self._generation = int(cur.fetchone()[0])  # type: ignore[index]
+        elif self._generation is None:
+            with self._c.pipeline():
+                self._c.execute("SELECT pg_advisory_xact_lock_shared(%s::bigint)", (PARAMS_LOCK_KEY,))
+                cur = self._c.execute("SELECT generation FROM search_state")
+            self._generation = int(cur.fetchone()[0])  # type: ignore[index]
+        return self._generation
+
+    def heads(self, after_pk: int, max_pk: int, limit: int, types: Sequence[str] | None) -> list[Head]:
+        """Lock first, then read in a new statement: it sees what a writer we waited for committed."""
+        self.flush()
+        where = " AND type = ANY(%s)" if types else ""
+        args: list[Any] = [after_pk, max_pk, *([list(types)] if types else []), limit]
+        pks = [r[0] for r in self._c.execute(
+            f"SELECT pk FROM resources WHERE pk > %s AND pk <= %s{where} ORDER BY pk LIMIT %s FOR UPDATE", args
+        ).fetchall()]
+        if not pks:
+            return []
+        rows = self._c.execute(
+            "SELECT r.pk, r.type, r.id, h.data FROM resources r JOIN history h ON h.seq = r.seq"
+            " WHERE r.pk = ANY(%s) ORDER BY r.pk", (pks,),
+        ).fetchall()
+        return [Head(pk, t, i, d) for pk, t, i, d in rows]
+
+    def replace_index(self, params: Sequence[int], rows: Sequence[tuple[int, IndexRows]]) -> None:
+        self.flush()
+        pks = [pk for pk, _ in rows]
+        with self._c.pipeline():
+            for table in INDEX_TABLE_NAMES:
+                self._c.execute(f"DELETE FROM {table} WHERE param = ANY(%s) AND res = ANY(%s)", (list(params), pks))
+        for pk, index in rows:
+            for field, with_res in index_rows_with_res(index, pk):
+                self._pending.setdefault(field, []).extend(with_res)
+        self.flush()
 
     def write(self, w: Write) -> None:
         args = {

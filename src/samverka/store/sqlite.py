@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
 from . import integrity
-from .base import Current, Dialect, HistoryEntry, HistoryQuery, Version, Write
+from .base import Current, Dialect, Head, HistoryEntry, HistoryQuery, IndexRows, Version, Write
 from .hashing import h64
 from .schema import INDEX_TABLE_NAMES, REF_MIGRATION, backfill_refs, index_rows_with_res, insert_index_sql, migrations
 
@@ -72,6 +72,7 @@ class SqliteUnitOfWork:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
         self._pending: dict[str, list[tuple[object, ...]]] = {}
+        self._generation: int | None = None
 
     def flush(self) -> None:
         for field, rows in self._pending.items():
@@ -93,6 +94,42 @@ class SqliteUnitOfWork:
 
     def lock(self, key: int) -> None:
         """Nothing to do: BEGIN IMMEDIATE already serialises every writer."""
+
+    def execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._c.execute(sql, params).fetchall()
+
+    def param_generation(self, bump: bool = False) -> int:
+        """No lock to take: BEGIN IMMEDIATE already orders this transaction after every other writer."""
+        if bump:
+            self._generation = int(self._c.execute(
+                "UPDATE search_state SET generation = generation + 1 RETURNING generation").fetchone()[0])
+        elif self._generation is None:
+            self._generation = int(self._c.execute("SELECT generation FROM search_state").fetchone()[0])
+        return self._generation
+
+    def heads(self, after_pk: int, max_pk: int, limit: int, types: Sequence[str] | None) -> list[Head]:
+        self.flush()
+        where = f" AND r.type IN ({', '.join('?' for _ in types)})" if types else ""
+        rows = self._c.execute(
+            "SELECT r.pk, r.type, r.id, h.data FROM resources r JOIN history h ON h.seq = r.seq"
+            f" WHERE r.pk > ? AND r.pk <= ?{where} ORDER BY r.pk LIMIT ?",
+            (after_pk, max_pk, *(types or ()), limit),
+        ).fetchall()
+        return [Head(pk, t, i, bytes(d) if d is not None else None) for pk, t, i, d in rows]
+
+    def replace_index(self, params: Sequence[int], rows: Sequence[tuple[int, IndexRows]]) -> None:
+        self.flush()
+        c = self._c
+        for chunk in range(0, len(rows), 500):
+            pks = [pk for pk, _ in rows[chunk:chunk + 500]]
+            marks = ", ".join("?" for _ in pks)
+            pmarks = ", ".join("?" for _ in params)
+            for table in INDEX_TABLE_NAMES:
+                c.execute(f"DELETE FROM {table} WHERE param IN ({pmarks}) AND res IN ({marks})", (*params, *pks))
+        for pk, index in rows:
+            for field, with_res in index_rows_with_res(index, pk):
+                self._pending.setdefault(field, []).extend(with_res)
+        self.flush()
 
     def write(self, w: Write) -> None:
         c = self._c
