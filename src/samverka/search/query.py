@@ -93,6 +93,10 @@ class _Unknown(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    pass
+
+
 def parse(registry: Registry, type_: str | None, pairs: list[tuple[str, str]]) -> Query:
     """Criteria for `type_` (None for a system-level search over the common parameters)."""
     q = Query(type_)
@@ -108,12 +112,14 @@ def parse(registry: Registry, type_: str | None, pairs: list[tuple[str, str]]) -
                 q.criteria.append(_node(registry, type_ or "Resource", name, raw, 0))
             except _Unknown:
                 q.unknown.append(name)
+            except _TooDeep:  # named by the whole parameter, not the tail the recursion reached
+                raise invalid(f"{name}: chains and _has may nest at most {MAX_CHAIN_DEPTH} deep", name) from None
     return q
 
 
 def _node(registry: Registry, type_: str, name: str, raw: str, depth: int) -> Node:
     if depth > MAX_CHAIN_DEPTH:
-        raise invalid(f"{name}: chains and _has may nest at most {MAX_CHAIN_DEPTH} deep", name)
+        raise _TooDeep
     if name.startswith("_has:"):
         parts = name.split(":", 3)
         if len(parts) < 4 or not parts[3]:
