@@ -19,7 +19,7 @@ R4_RESOURCES = Path("/work/shared/fhir-r4/profiles-resources.json")
 SERVED_TYPE_INTERACTIONS = {"read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                             "create", "search-type"}
 SAMPLE_VALUES = {"token": "x", "string": "x", "date": "2020", "reference": "Patient/x", "number": "1",
-                 "quantity": "1", "uri": "http://example.org/x", "composite": "x$y", "special": "x"}
+                 "quantity": "1", "uri": "http://example.org/x", "composite": "x$2020", "special": "x"}
 
 
 @cache
