@@ -148,6 +148,7 @@ def reindex(
     param: Annotated[list[str] | None, typer.Option("--param", help="SearchParameter url (default: all not ready)")]
     = None,
     batch: Annotated[int, typer.Option(help="resources per transaction")] = 200,
+    pause: Annotated[float, typer.Option(help="seconds to rest between batches (lets writers in)")] = 0.0,
 ) -> None:
     """Index existing resources for new or changed SearchParameters (resumes an unfinished job)."""
     import time
@@ -167,7 +168,7 @@ def reindex(
             console.print(f"job {j.id}: {min(j.done, j.total)}/{j.total} ({j.percent}%)", highlight=False)
 
         while True:
-            done = jobs.run(svc, job, batch, report)
+            done = jobs.run(svc, job, batch, report, pause)
             if done is not None:
                 break
             current = jobs.jobs(svc, job.id)[0]  # another live runner has it: follow its progress
