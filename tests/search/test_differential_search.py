@@ -57,13 +57,7 @@ pytestmark = pytest.mark.skipif(not SYNTHEA.is_dir(), reason="shared Synthea bun
 # Genuine, explained differences: an alternative reading of the spec (`bruteforce.READINGS`) -> why the
 # server follows it. A mismatch that disappears when the brute force uses that reading is tallied as
 # known instead of failing; each one also has a strict xfail test below that pins it down.
-KNOWN: dict[str, str] = {
-    "float-number-eq": "sql_values.number_cond compares a number's stored centre with [a, b) in binary "
-                       "floating point: for a value stated to ~17 significant digits (Synthea's) a, b and the "
-                       "centre round to the same double, [a, b) is empty and eq misses the very value stated",
-    "range-sa-eb-numbers": "sql_values.number_cond treats sa/eb on numbers and quantities by their implicit "
-                           "ranges, but R4 ignores the implicit precision for gt/lt/ge/le/sa/eb alike",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _as_puts(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -284,14 +278,12 @@ def test_identifier_text_searches_identifier_type_text(backends: Backends) -> No
     _assert_agree(backends, "Patient", [("identifier:text", "Passport")])
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["float-number-eq"])
 def test_quantity_eq_finds_the_value_stated_to_full_precision(backends: Backends) -> None:
     """value-quantity=<a stored value as written> finds that Observation."""
     value = next(v for v in _quantities(backends.dataset) if len(repr(v)) >= 17)
     _assert_agree(backends, "Observation", [("value-quantity", repr(value))])
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["range-sa-eb-numbers"])
 def test_quantity_eb_compares_the_stated_values(backends: Backends) -> None:
     """value-quantity=eb394 finds 393.52: the implicit precision of 394 is ignored for eb."""
     value = next(v for v in _quantities(backends.dataset) if 0.5 < v % 1 < 0.95)

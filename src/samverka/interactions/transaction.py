@@ -218,7 +218,7 @@ def _patch(svc: Services, uow: UnitOfWork, e: Entry, ts: int) -> tuple[dict[str,
         raise not_found(f"{e.type}/{id_} is not known")
     check_if_match(current, e.request.get("ifMatch"), e.type, id_)
     try:
-        resource = jsonpatch.JsonPatch(e.patch).apply(orjson.loads(stored.data))
+        resource = jsonpatch.JsonPatch(e.patch or []).apply(orjson.loads(stored.data))
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
         raise unprocessable(f"the patch cannot be applied to {e.type}/{id_}: {exc}") from exc
     if resource.get("resourceType") != e.type or resource.get("id") != id_:

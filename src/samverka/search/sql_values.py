@@ -143,12 +143,16 @@ def _number_value(c: Criterion, text: str) -> tuple[float, float, float]:
 def number_cond(c: Criterion, prefix: str | None, text: str, lo: str = "x.lo", hi: str = "x.hi") -> Cond:
     v, a, b = _number_value(c, text)
     tlo, thi = _point(lo, hi, lo), _point(lo, hi, hi)
-    if prefix in ("gt", "lt", "ge", "le"):
-        tol = abs(v) * 1e-12
+    tol = abs(v) * 1e-12 or 1e-300  # below what a double distinguishes at this magnitude
+    if prefix in ("gt", "lt", "ge", "le", "sa", "eb"):
+        # R4: with lt, gt, le, ge, sa or eb "the implicit precision of the number is ignored, and they
+        # are treated as if they have arbitrarily high precision" -- gt100 is "above exactly 100"
         return compare(prefix, v - tol, v + tol, tlo, thi)
     if prefix == "ap":
         span = abs(v) * 0.1
         return f"{tlo} <= ? AND {thi} >= ?", [b + span, a - span]
+    if b - a <= 2 * tol:  # stated to more digits than a double holds: the range collapsed to the value
+        return compare(prefix, v - tol, v + tol, tlo, thi)
     return compare(prefix, a, b, tlo, thi, half_open=True)
 
 
