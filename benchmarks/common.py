@@ -203,7 +203,8 @@ class Server:
 
 
 def samverka_serve(port: int, store_args: list[str], log_path: Path, workers: int = 2) -> Server:
-    return Server([SAMVERKA, "serve", *store_args, "--port", str(port), "--workers", str(workers)],
+    # the benchmarks measure the FHIR API itself; auth on/off is compared separately
+    return Server([SAMVERKA, "serve", *store_args, "--port", str(port), "--workers", str(workers), "--auth", "off"],
                   port, log_path)
 
 

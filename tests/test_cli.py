@@ -1,4 +1,4 @@
-"""The `samverka` command line: generate, load, check, and serve's loopback-only rule."""
+"""The `samverka` command line: generate, load, check, and serve's loopback-only rule for --auth off."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ def run(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[
 
 
 def test_serve_refuses_a_non_loopback_address_without_auth() -> None:
-    """With no authentication, binding 0.0.0.0 is refused with a non-zero exit and a reason."""
-    r = run("serve", "--host", "0.0.0.0", "--port", "18999", timeout=60)
+    """With --auth off, binding 0.0.0.0 is refused with a non-zero exit and a reason."""
+    r = run("serve", "--host", "0.0.0.0", "--port", "18999", "--auth", "off", timeout=60)
     assert r.returncode == 2
-    assert "refusing to bind 0.0.0.0" in r.stderr
+    assert "refusing to bind 0.0.0.0 with --auth off" in r.stderr
 
 
 def test_generate_load_check_round_trip(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The `samverka` command: serve, load, generate and check."""
+"""The `samverka` command: serve, load, generate, check, reindex, admin and client."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,11 @@ console = Console(stderr=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="SQLite data folder (the embedded default)")]
 Database = Annotated[str | None, typer.Option("--database", help="postgresql://... instead of SQLite")]
+
+
+class AuthMode(StrEnum):
+    on = "on"
+    off = "off"
 
 
 def is_loopback(host: str) -> bool:
@@ -45,25 +51,52 @@ def serve(
     demo_patients: Annotated[int, typer.Option(help="patients in the demo region")] = 50,
     max_body_bytes: Annotated[int, typer.Option(help="largest accepted request body")] = 32 * 1024 * 1024,
     max_bundle_entries: Annotated[int, typer.Option(help="largest accepted batch/transaction")] = 10_000,
+    auth: Annotated[AuthMode, typer.Option(help="SMART on FHIR bearer tokens; off only on loopback, for development")]
+    = AuthMode.on,
+    public_url: Annotated[str | None, typer.Option(help="the origin clients use, e.g. https://fhir.region.se "
+                                                        "(token audience and issuer); default: from each request")]
+    = None,
 ) -> None:
     """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
 
     from .api.server import SETTINGS_ENV, settings_to_env
 
-    if not is_loopback(host):
-        console.print(f"[red]refusing to bind {host}: there is no authentication yet, so only loopback "
+    if auth is AuthMode.off and not is_loopback(host):
+        console.print(f"[red]refusing to bind {host} with --auth off: without authentication only loopback "
                       "addresses (127.0.0.1, ::1, localhost) are allowed[/red]")
         raise typer.Exit(2)
     settings = Settings(data_dir=data_dir, database=database, host=host, port=port,
-                        max_body_bytes=max_body_bytes, max_bundle_entries=max_bundle_entries)
+                        max_body_bytes=max_body_bytes, max_bundle_entries=max_bundle_entries,
+                        auth=auth is AuthMode.on, public_url=public_url)
     if demo:
         _load_demo(settings, demo_patients)
+        if settings.auth:
+            _print_demo_token(settings)
     os.environ[SETTINGS_ENV] = settings_to_env(settings)
     console.print(f"Samverka FHIR R4 server at [bold]{settings.base_url}[/bold] "
-                  f"({'PostgreSQL' if database else f'SQLite in {data_dir}'}, {workers} worker(s))")
+                  f"({'PostgreSQL' if database else f'SQLite in {data_dir}'}, {workers} worker(s), "
+                  f"auth {auth.value})")
     uvicorn.run("samverka.api.server:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)
+
+
+def _print_demo_token(settings: Settings) -> None:
+    from .auth.tokens import demo_token
+    from .store import open_repository
+
+    repo = open_repository(settings.data_dir, settings.database)
+    try:
+        origin = (settings.public_url or settings.base_url.removesuffix("/fhir")).rstrip("/")
+        token = demo_token(repo, origin)
+    finally:
+        repo.close()
+    console.print("Auth is on. A demo access token (system/*.cruds, valid for one hour):", highlight=False,
+                  soft_wrap=True)
+    print(f"export TOKEN={token}", flush=True)
+    console.print(f"  curl -H \"Authorization: Bearer $TOKEN\" '{settings.base_url}/Patient?_count=5'\n"
+                  "Modules get their own credentials: see 'Authorization' in README.md "
+                  "(samverka admin token, samverka client register).", highlight=False, soft_wrap=True)
 
 
 def _load_demo(settings: Settings, patients: int) -> None:
@@ -183,6 +216,107 @@ def reindex(
         console.print(f"ok: job {done.id} done, {done.total} resources reindexed")
     finally:
         svc.repo.close()
+
+
+admin_app = typer.Typer(no_args_is_help=True, help="Administer the built-in authorization server.")
+client_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART clients (modules).")
+app.add_typer(admin_app, name="admin")
+app.add_typer(client_app, name="client")
+
+
+@admin_app.command("token")
+def admin_token(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
+    """Print a short-lived (15 min) admin token for /auth/register and /auth/clients of this instance."""
+    from .auth.tokens import admin_token as mint
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        print(mint(repo), flush=True)
+    finally:
+        repo.close()
+
+
+@admin_app.command("rotate-keys")
+def rotate_keys(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
+    """Start signing with a new key; the old one keeps verifying until its tokens have expired."""
+    from .auth.tokens import rotate
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        console.print(f"new signing key {rotate(repo)}", highlight=False)
+    finally:
+        repo.close()
+
+
+@client_app.command("register")
+def client_register(
+    name: Annotated[str, typer.Option("--name", help="client_name")],
+    scope: Annotated[str, typer.Option("--scope", help="the scopes it may be granted, e.g. 'system/Observation.rs'")],
+    jwks: Annotated[Path | None, typer.Option("--jwks", help="file with its public JWK Set")] = None,
+    jwks_uri: Annotated[str | None, typer.Option("--jwks-uri", help="loopback URL of its JWK Set")] = None,
+    grant_type: Annotated[list[str] | None, typer.Option("--grant-type", help="default: client_credentials")]
+    = None,
+    auth_method: Annotated[str, typer.Option("--auth-method", help="private_key_jwt or none")] = "private_key_jwt",
+    data_dir: DataDir = Path("samverka-data"),
+    database: Database = None,
+) -> None:
+    """Register a client (as POST /auth/register does) and print its client_id."""
+    import json
+
+    from .auth.clients import OAuthError, register
+    from .store import open_repository
+
+    meta: dict[str, object] = {"client_name": name, "scope": scope, "token_endpoint_auth_method": auth_method}
+    if jwks is not None:
+        meta["jwks"] = json.loads(jwks.read_text())
+    if jwks_uri is not None:
+        meta["jwks_uri"] = jwks_uri
+    if grant_type:
+        meta["grant_types"] = grant_type
+    repo = open_repository(data_dir, database)
+    try:
+        client = register(repo, meta)
+    except OAuthError as exc:
+        console.print(f"[red]{exc.code}: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+    finally:
+        repo.close()
+    print(client.client_id, flush=True)
+
+
+@client_app.command("list")
+def client_list(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
+    """List registered clients (id, state, name, auth method, scopes)."""
+    from .auth.store import list_clients
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        for c in list_clients(repo):
+            state = "revoked" if c.revoked is not None else "active"
+            print(f"{c.client_id}\t{state}\t{c.name}\t{c.auth_method}\t{c.scope}", flush=True)
+    finally:
+        repo.close()
+
+
+@client_app.command("revoke")
+def client_revoke(client_id: Annotated[str, typer.Argument(help="the client_id")],
+                  data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
+    """Revoke a client: its tokens stop working at once and it gets no new ones."""
+    from .auth.store import revoke_client
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        found = revoke_client(repo, client_id)
+    finally:
+        repo.close()
+    if not found:
+        console.print(f"[red]no client {client_id}[/red]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"revoked {client_id}", highlight=False)
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ class Settings:
     default_page_size: int = 50
     max_page_size: int = 1000
     validate_writes: bool = True
+    auth: bool = True  # SMART on FHIR bearer tokens required (samverka.auth); off only on loopback, for development
+    public_url: str | None = None  # the origin clients use (https://fhir.example.se); None: from each request
 
     @property
     def base_url(self) -> str:

@@ -194,7 +194,8 @@ class Server:
         store_args = self.store.args()
         if self.store.database:
             store_args = ["--database", _with_param(self.store.database, "application_name", self.store.app_name)]
-        cmd = [*samverka_cmd(), "serve", *store_args, "--port", str(self.port), "--workers", str(self.workers)]
+        cmd = [*samverka_cmd(), "serve", *store_args, "--port", str(self.port), "--workers", str(self.workers),
+               "--auth", "off"]
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- {' '.join(cmd)}\n".encode())
             log.flush()

@@ -89,6 +89,8 @@ def start_server(
         args = [*samverka_command(), "serve", "--data-dir", str(data_dir), "--port", str(port)]
         if database:
             args += ["--database", database]
+        if "--auth" not in extra_args:
+            args += ["--auth", "off"]  # these tests are about the FHIR API; tests/auth runs with auth on
         args += list(extra_args)
         log_path = data_dir / f"server-{port}.log"
         log = log_path.open("wb")

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..auth.access import PUBLIC, Access, required
+from ..auth.endpoints import AuthServer
 from ..errors import Category, FhirError, invalid
 from ..interactions import (
     batch,
@@ -50,8 +52,9 @@ def _prefer(request: Request) -> dict[str, str]:
 class FhirApi:
     """Holds the services and turns one HTTP request into one handler call."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, auth: AuthServer | None = None) -> None:
         self.svc = services
+        self.auth = auth  # None: auth is off (loopback development only)
         self._metadata: dict[str, Any] | None = None
 
     def base(self, request: Request) -> str:
@@ -73,11 +76,28 @@ class FhirApi:
         raw = await read_body(request, self.svc.settings.max_body_bytes)
         return parse_body(raw, request.headers.get("content-type", JSON), patch_)
 
+    def _enter(self, request: Request, parts: list[str], pairs: list[tuple[str, str]]) -> Access | None:
+        """The one access check: the token's grants against what this request needs (auth.access)."""
+        if self.auth is None:
+            return None
+        need = required(request.method, parts)
+        if need is not None and need.perm == PUBLIC:
+            return None
+        access = self.auth.access(request)
+        if need is not None:
+            access.require(need, self.svc.repo)
+            if need.perm == "s":
+                access.check_search(pairs)
+        return access
+
     async def dispatch(self, request: Request, prefer: dict[str, str]) -> Result:
         svc, method = self.svc, request.method
         parts = [p for p in request.path_params.get("path", "").split("/") if p]
         query = request.url.query
         pairs = parse_qsl(query, keep_blank_values=True)
+        access = self._enter(request, parts, pairs)
+        if access is not None:
+            svc = access.services(svc)
         base = self.base(request)
         strict = prefer.get("handling") == "strict"
         h = request.headers
@@ -88,7 +108,11 @@ class FhirApi:
                 kind = body.get("type") if isinstance(body, dict) else None
                 representation = prefer.get("return") == "representation"
                 if kind == "transaction":
+                    if access is not None:
+                        access.check_transaction(body, svc.repo)
                     return transaction.transaction(svc, base, body, representation)
+                if access is not None:
+                    return access.run_batch(svc, base, body, representation)
                 return batch.batch(svc, base, body, representation)
             if method in ("GET", "HEAD"):
                 return search.search(svc, base, None, pairs, strict)
@@ -123,6 +147,8 @@ class FhirApi:
             if raw and ctype != "application/x-www-form-urlencoded":
                 raise FhirError.of(Category.UNSUPPORTED_MEDIA, "POST _search takes application/x-www-form-urlencoded")
             form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+            if access is not None:
+                access.check_search(form)
             return search.search(svc, base, parts[0], [*pairs, *form], strict)
         elif n == 2 and parts[1] == "_history" and method in ("GET", "HEAD"):
             return history.history(svc, base, parts[0], None, pairs)
@@ -186,9 +212,11 @@ async def _health(request: Request) -> Response:
 
 
 def create_app(services: Services) -> Starlette:
-    api = FhirApi(services)
+    auth = AuthServer(services.repo, services.settings) if services.settings.auth else None
+    api = FhirApi(services, auth)
     routes = [
         Route("/healthz", _health, methods=["GET"]),
+        *(auth.routes() if auth is not None else []),
         Route("/fhir", api.handle, methods=_METHODS),
         Route("/fhir/{path:path}", api.handle, methods=_METHODS),
     ]

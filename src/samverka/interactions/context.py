@@ -6,6 +6,7 @@ server; `samverka.api` turns HTTP into those arguments and a `Result` back into 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ class Services:
     validator: Validator | None
     settings: Settings
     live: LiveParams | None = None  # custom SearchParameters, kept current across processes
+    # conditions on the resources row `r` that every search, include and count of this request applies:
+    # the access policy of the request's token (`samverka.auth.access`), empty when unrestricted
+    access_filters: tuple[tuple[str, Sequence[Any]], ...] = ()
 
     def searchable(self, force: bool = False) -> Registry:
         """The registry, first reloaded if the custom SearchParameters changed (search.custom)."""

@@ -28,7 +28,7 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
     if query.unknown and strict:
         raise invalid(f"unknown or unsupported search parameter(s): {', '.join(query.unknown)}",
                       query.unknown[0], "not-supported")
-    filters = _compartment_filter(svc, compartment) if compartment else []
+    filters = [*svc.access_filters, *(_compartment_filter(svc, compartment) if compartment else [])]
     count = min(_int(query.result, "_count", svc.settings.default_page_size), svc.settings.max_page_size)
     total_mode = _last(query.result, "_total", "estimate")
     if total_mode not in ("none", "estimate", "accurate"):
