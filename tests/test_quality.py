@@ -21,6 +21,7 @@ FORBIDDEN = {
     "validation": {"api", "interactions", "search", "store", "cli"},
     "search": {"api", "interactions", "validation", "cli"},
     "interactions": {"api", "cli"},
+    "auth": {"api", "cli"},
     "sweden": {"api", "interactions", "search", "store", "validation", "cli"},
 }
 

@@ -124,12 +124,14 @@ def load(
     server: Annotated[str | None, typer.Option("--server", help="load through the REST API at this base URL")]
     = None,
     concurrency: Annotated[int, typer.Option(help="parallel requests with --server")] = 4,
+    token: Annotated[str | None, typer.Option("--token", envvar="SAMVERKA_TOKEN",
+                                              help="bearer token for --server (or SAMVERKA_TOKEN)")] = None,
 ) -> None:
     """Load transaction, batch or collection Bundles and NDJSON files."""
     from .loader import load_paths, load_via_http
 
     if server:
-        load_via_http(server, paths, console, concurrency)
+        load_via_http(server, paths, console, concurrency, token)
         return
     from .api.server import build_services
 

@@ -140,7 +140,8 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=False)
 
 
-def load_via_http(server: str, paths: list[Path], console: Console, concurrency: int = 4) -> int:
+def load_via_http(server: str, paths: list[Path], console: Console, concurrency: int = 4,
+                  token: str | None = None) -> int:
     """POST each Bundle to the server's base URL with `concurrency` requests in flight."""
     import httpx
 
@@ -148,6 +149,8 @@ def load_via_http(server: str, paths: list[Path], console: Console, concurrency:
     started = time.perf_counter()
     loaded, failures = 0, []
     headers = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     with httpx.Client(base_url=server.rstrip("/"), timeout=300, headers=headers) as client:
 
         def post(path: Path) -> tuple[int, list[str]]:
