@@ -102,12 +102,26 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 class RssSampler:
     """Samples the summed VmRSS of a process tree every `interval` s; remembers per-process VmHWM."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.pid, self.interval = pid, interval
         self.peak_sum_rss_kb = 0
+        self.peak_sum_pss_kb = 0
+        self.peak_sum_anon_kb = 0
+        self.peak_sum_file_kb = 0
         self.hwm_kb: dict[int, int] = {}
         self.procs = 0
         self._stop = threading.Event()
@@ -117,6 +131,11 @@ class RssSampler:
         pids = tree(self.pid)
         self.procs = max(self.procs, len(pids))
         self.peak_sum_rss_kb = max(self.peak_sum_rss_kb, sum(_status_kb(p, "VmRSS") for p in pids))
+        # PSS splits shared pages between processes: the tree's real footprint (sum of RSS counts them twice)
+        self.peak_sum_pss_kb = max(self.peak_sum_pss_kb, sum(_pss_kb(p) for p in pids))
+        # anonymous (heap) vs file-backed (SQLite's mmap of the database, shared page cache) resident memory
+        self.peak_sum_anon_kb = max(self.peak_sum_anon_kb, sum(_status_kb(p, "RssAnon") for p in pids))
+        self.peak_sum_file_kb = max(self.peak_sum_file_kb, sum(_status_kb(p, "RssFile") for p in pids))
         for p in pids:
             hwm = _status_kb(p, "VmHWM")
             if hwm:
@@ -141,6 +160,9 @@ class RssSampler:
 
     def summary(self) -> dict[str, Any]:
         return {"peak_sum_vmrss_mb": round(self.peak_sum_rss_kb / 1024, 1),
+                "peak_sum_pss_mb": round(self.peak_sum_pss_kb / 1024, 1),
+                "peak_sum_rssanon_mb": round(self.peak_sum_anon_kb / 1024, 1),
+                "peak_sum_rssfile_mb": round(self.peak_sum_file_kb / 1024, 1),
                 "sum_vmhwm_mb": round(sum(self.hwm_kb.values()) / 1024, 1),
                 "per_process_vmhwm_mb": {str(k): round(v / 1024, 1) for k, v in sorted(self.hwm_kb.items())},
                 "processes": self.procs}
@@ -204,7 +226,12 @@ class Server:
 
 def samverka_serve(port: int, store_args: list[str], log_path: Path, workers: int = 2) -> Server:
     # the benchmarks measure the FHIR API itself; auth on/off is compared separately
-    return Server([SAMVERKA, "serve", *store_args, "--port", str(port), "--workers", str(workers), "--auth", "off"],
+    import importlib.util
+
+    spec = importlib.util.find_spec("samverka.cli")  # the pinned snapshot: older commits have no --auth
+    has_auth = bool(spec and spec.origin and "--auth" in Path(spec.origin).read_text())
+    return Server([SAMVERKA, "serve", *store_args, "--port", str(port), "--workers", str(workers),
+                   *(["--auth", "off"] if has_auth else [])],
                   port, log_path)
 
 

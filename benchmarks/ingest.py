@@ -22,7 +22,7 @@ from common import SAMVERKA, PY, HERE, RssSampler, log, manifest, run, samverka_
 
 
 async def _client(url: str, data: Path, concurrency: int, retries: int = 3,
-                  progress: Path | None = None) -> dict[str, Any]:
+                  progress: Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
     import httpx
 
     files = manifest(data)
@@ -68,6 +68,8 @@ async def _client(url: str, data: Path, concurrency: int, retries: int = 3,
 
         async def worker() -> None:
             while True:
+                if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                    return  # time budget spent: stop taking new Bundles (the figures say partial)
                 try:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -77,7 +79,8 @@ async def _client(url: str, data: Path, concurrency: int, retries: int = 3,
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"resources": ok_resources, "bundles": ok_bundles, "failed_bundles": failed, "retried": retried,
+    return {"partial": ok_bundles + failed < len(files), "budget_s": max_seconds,
+            "resources": ok_resources, "bundles": ok_bundles, "failed_bundles": failed, "retried": retried,
             "statuses": statuses, "errors": errors, "seconds": round(elapsed, 2),
             "resources_per_s": round(ok_resources / elapsed, 1),
             "bundle_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
@@ -85,7 +88,7 @@ async def _client(url: str, data: Path, concurrency: int, retries: int = 3,
 
 
 def http_ingest(store_args: list[str], data: Path, logs: Path, tag: str, concurrency: int = 4,
-                workers: int = 2, keep_server: bool = False) -> tuple[dict[str, Any], Any, Any]:
+                workers: int = 2, keep_server: bool = False, max_seconds: float | None = None) -> tuple[dict[str, Any], Any, Any]:
     """Start a server, run the client process against it; return (figures, server, rss sampler)."""
     port = free_port()
     server = samverka_serve(port, store_args, logs / f"server-{tag}.log", workers=workers).start()
@@ -94,7 +97,8 @@ def http_ingest(store_args: list[str], data: Path, logs: Path, tag: str, concurr
         with sampler:
             rc, out, wall = run([PY, str(HERE / "ingest.py"), "client", "--url", f"http://127.0.0.1:{port}/fhir",
                                  "--data", str(data), "--concurrency", str(concurrency),
-                                 "--progress", str(logs / f"progress-{tag}.txt")],
+                                 "--progress", str(logs / f"progress-{tag}.txt"),
+                                 *(["--max-seconds", str(max_seconds)] if max_seconds else [])],
                                 logs / f"client-{tag}.log", timeout=4 * 3600)
         if rc != 0:
             raise RuntimeError(f"ingest client failed ({rc}): {out[-2000:]}")
@@ -106,6 +110,44 @@ def http_ingest(store_args: list[str], data: Path, logs: Path, tag: str, concurr
     if not keep_server:
         server.stop()
     return figures, server, sampler
+
+
+def load_ingest_budget(store_args: list[str], data: Path, logs: Path, tag: str, budget_s: float,
+                       count: Any) -> dict[str, Any]:
+    """`samverka load` stopped after `budget_s`: the rate comes from the store's row count over time
+    (`count()` returns resources stored so far), measured from the first row to the stop."""
+    import os
+    import signal
+    import subprocess
+
+    fh = open(logs / f"load-{tag}.log", "ab")
+    p = subprocess.Popen([SAMVERKA, "load", *store_args, str(data)], stdout=fh, stderr=subprocess.STDOUT,
+                         start_new_session=True, env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+    t_start = time.perf_counter()
+    samples: list[tuple[float, int]] = []
+    try:
+        while time.perf_counter() - t_start < budget_s and p.poll() is None:  # bounded by the budget
+            time.sleep(5)
+            try:
+                samples.append((time.perf_counter() - t_start, int(count())))
+            except Exception:  # the store may not exist yet
+                pass
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+    nz = [s for s in samples if s[1] > 0]
+    if len(nz) < 2:
+        raise RuntimeError("too few samples of the store's row count")
+    (t0, n0), (t1, n1) = nz[0], nz[-1]
+    return {"partial": True, "budget_s": budget_s, "resources": n1, "seconds": round(t1, 1),
+            "resources_per_s": round((n1 - n0) / (t1 - t0), 1),
+            "resources_per_s_incl_startup": round(n1 / t1, 1),
+            "samples": samples[::6]}
 
 
 def load_ingest(store_args: list[str], data: Path, logs: Path, tag: str) -> dict[str, Any]:
@@ -172,10 +214,12 @@ def main() -> None:
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--concurrency", type=int, default=4)
     c.add_argument("--progress", type=Path)
+    c.add_argument("--max-seconds", type=float)
     args = ap.parse_args()
     if not args.url.startswith("http://127.0.0.1:"):
         sys.exit("traffic only to 127.0.0.1")
-    print(json.dumps(asyncio.run(_client(args.url, args.data, args.concurrency, progress=args.progress))), flush=True)
+    print(json.dumps(asyncio.run(_client(args.url, args.data, args.concurrency, progress=args.progress,
+                                        max_seconds=args.max_seconds))), flush=True)
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ def pin_code(mode: str) -> str:
     """Other engineers edit src/ while this runs: by default benchmark the committed HEAD, extracted into
     .work/code-<commit>/src and put first on PYTHONPATH (for this process and every server/loader)."""
     repo = WORK.parent.parent
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD" if mode in ("head", "worktree") else mode],
+                          capture_output=True, text=True, check=True).stdout.strip()
     if mode == "worktree":
         return f"working tree on {head[:10]} (uncommitted edits included)"
     snap = WORK / f"code-{head[:10]}"
@@ -87,7 +87,7 @@ def pin_code(mode: str) -> str:
     os.environ["PYTHONPATH"] = str(snap / "src") + (os.pathsep + os.environ["PYTHONPATH"]
                                                     if os.environ.get("PYTHONPATH") else "")
     sys.path.insert(0, str(snap / "src"))
-    return f"committed HEAD {head[:10]} (snapshot {snap})"
+    return f"commit {head[:10]} (snapshot {snap})"
 
 
 def machine() -> dict[str, str]:
@@ -139,8 +139,12 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="re-measure steps already in the results file")
     ap.add_argument("--read-seconds", type=int, default=None)
     ap.add_argument("--read-repeats", type=int, default=3)
-    ap.add_argument("--code", choices=["head", "worktree"], default="head",
-                    help="benchmark the committed HEAD (default) or the working tree as it is")
+    ap.add_argument("--load-budget-s", type=float, default=None,
+                    help="stop `samverka load` after this many seconds; rate from the store's row count (partial)")
+    ap.add_argument("--ingest-budget-s", type=float, default=None,
+                    help="stop posting new Bundles after this many seconds (HTTP ingest; figures marked partial)")
+    ap.add_argument("--code", default="head",
+                    help="head (default: the committed HEAD), worktree (as it is), or a commit to benchmark")
     args = ap.parse_args()
     code = pin_code(args.code)
 
@@ -151,9 +155,10 @@ def main() -> None:
     logs = WORK / f"logs-{patients}p"
     logs.mkdir(exist_ok=True)
     res = Results(WORK / f"results-{patients}p.json")
-    if args.fresh:
-        res.data = {}
     steps = [s for s in args.steps.split(",") if s]
+    if args.fresh:  # re-measure the selected steps only; keep every other figure
+        for s_ in steps:
+            res.data.pop(s_, None)
     unknown = set(steps) - set(ALL_STEPS)
     if unknown:
         sys.exit(f"unknown steps: {unknown}")
@@ -216,7 +221,7 @@ def main() -> None:
 
         shutil.rmtree(sqlite_http_dir, ignore_errors=True)
         figures, server, sampler = http_ingest(["--data-dir", str(sqlite_http_dir)], data, logs, "sqlite",
-                                               keep_server=True)
+                                               keep_server=True, max_seconds=args.ingest_budget_s)
         log(f"  ingest: {figures['resources_per_s']:,.0f} resources/s, failed bundles {figures['failed_bundles']}")
         res.put("http_sqlite_partial", figures)
         try:
@@ -235,7 +240,8 @@ def main() -> None:
 
         c = pg()
         url = c.create_db("http_pg")
-        figures, server, sampler = http_ingest(["--database", url], data, logs, "pg", keep_server=True)
+        figures, server, sampler = http_ingest(["--database", url], data, logs, "pg", keep_server=True,
+                                               max_seconds=args.ingest_budget_s)
         log(f"  ingest: {figures['resources_per_s']:,.0f} resources/s, failed bundles {figures['failed_bundles']}")
         res.put("http_pg_partial", figures)
         try:
@@ -295,9 +301,21 @@ def main() -> None:
             server.stop()
 
     def do_load_sqlite():
-        from ingest import load_ingest
+        from ingest import load_ingest, load_ingest_budget
 
         shutil.rmtree(sqlite_load_dir, ignore_errors=True)
+        if args.load_budget_s:
+            import sqlite3
+
+            def count() -> int:
+                c = sqlite3.connect(f"file:{sqlite_load_dir / 'samverka.sqlite'}?mode=ro", uri=True, timeout=5)
+                try:
+                    return c.execute("SELECT count(*) FROM resources").fetchone()[0]
+                finally:
+                    c.close()
+
+            return load_ingest_budget(["--data-dir", str(sqlite_load_dir)], data, logs, "sqlite",
+                                      args.load_budget_s, count)
         return load_ingest(["--data-dir", str(sqlite_load_dir)], data, logs, "sqlite")
 
     def do_load_pg():
