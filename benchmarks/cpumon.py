@@ -60,7 +60,7 @@ def main() -> None:
         while time.time() < t_end and os.path.exists(f"/proc/{a.root}"):
             busy, total = machine()
             procs = {}
-            roots = [a.root] + postmasters()
+            roots = [a.root, *postmasters()]
             pids = [p for r in roots for p in tree(r)]
             for pid in pids:
                 c = cpu_of(pid)

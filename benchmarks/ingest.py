@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import SAMVERKA, PY, HERE, RssSampler, log, manifest, run, samverka_serve, free_port
+from common import HERE, PY, SAMVERKA, RssSampler, free_port, manifest, run, samverka_serve
 
 
 async def _client(url: str, data: Path, concurrency: int, retries: int = 3,
@@ -95,7 +95,7 @@ def http_ingest(store_args: list[str], data: Path, logs: Path, tag: str, concurr
     sampler = RssSampler(server.pid)
     try:
         with sampler:
-            rc, out, wall = run([PY, str(HERE / "ingest.py"), "client", "--url", f"http://127.0.0.1:{port}/fhir",
+            rc, out, _wall = run([PY, str(HERE / "ingest.py"), "client", "--url", f"http://127.0.0.1:{port}/fhir",
                                  "--data", str(data), "--concurrency", str(concurrency),
                                  "--progress", str(logs / f"progress-{tag}.txt"),
                                  *(["--max-seconds", str(max_seconds)] if max_seconds else [])],

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-
 from common import free_port, log
+from psycopg import sql
 
 BINDIR = Path("/usr/lib/postgresql/15/bin")
 SETTINGS = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common import log
+
 from samverka.store.schema import INDEX_TABLE_NAMES
 
 RES_COLS = ("pk", "type", "id", "version", "seq", "deleted", "last_updated", "compartment")
@@ -73,7 +74,7 @@ def _chunks(src: sqlite3.Connection, sizes: list[int]):
             pos = 1 if t == "history" else (0 if t == "resources" else cols[t].index("res"))
             rows.sort(key=lambda r: r[pos])
             keys = [r[pos] for r in rows]
-            for b, (b_lo, b_hi) in zip(bundles, group):
+            for b, (b_lo, b_hi) in zip(bundles, group, strict=False):
                 b[t] = rows[bisect.bisect_left(keys, b_lo):bisect.bisect_right(keys, b_hi)]
         yield bundles, {t: (cols[t] if t in cols else list(RES_COLS if t == "resources" else HIST_COLS))
                         for t in tables}

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from common import HERE, PY, log, run
+from common import HERE, PY, run
 
 LUA = """
 local paths = {}

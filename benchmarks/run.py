@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SAMVERKA, WORK, Results, RssSampler, free_port, log, manifest, median, samverka_serve  # noqa: E402
+from common import SAMVERKA, WORK, Results, RssSampler, free_port, log, manifest, median
 
 ALL_STEPS = ["profile", "http_sqlite", "raw_sqlite", "load_sqlite", "raw_pg", "ceiling", "http_pg", "load_pg",
              "raw_pg_copy"]
@@ -52,7 +52,7 @@ class LoadAvg:
         while not self._stop.wait(5):
             self.samples.append(float(open("/proc/loadavg").read().split()[0]))
 
-    def __enter__(self) -> "LoadAvg":
+    def __enter__(self) -> LoadAvg:
         self._cpu0 = self._cpu()
         self._t.start()
         return self
@@ -287,7 +287,7 @@ def main() -> None:
         return out
 
     def do_ceiling():
-        from read import ceiling_server, write_id_list, ids_sqlite
+        from read import ceiling_server, ids_sqlite, write_id_list
 
         src = sqlite_http_dir / "samverka.sqlite"
         if not src.exists():
