@@ -27,6 +27,7 @@ from .schema import (
     INDEX_TABLES,
     REF_MIGRATION,
     backfill_refs,
+    history_sql,
     index_rows_with_res,
     insert_index_sql,
     migrations,
@@ -301,43 +302,16 @@ class PostgresRepository:
             ).fetchone()
         return _version(type, id, row) if row else None
 
-    @staticmethod
-    def _history_where(q: HistoryQuery) -> tuple[str, list[Any]]:
-        where: list[str] = []
-        params: list[Any] = []
-        if q.type is not None:
-            where.append("h.type = %s")
-            params.append(q.type)
-        if q.id is not None:
-            where.append("r.id = %s")
-            params.append(q.id)
-        if q.since_us is not None:
-            where.append("h.last_updated >= %s")
-            params.append(q.since_us)
-        if q.at_us is not None:
-            # the version current at that instant: written before it, and not yet replaced
-            where.append("h.last_updated <= %s AND NOT EXISTS (SELECT 1 FROM history n WHERE n.pk = h.pk"
-                         " AND n.version > h.version AND n.last_updated <= %s)")
-            params += [q.at_us, q.at_us]
-        return (" WHERE " + " AND ".join(where)) if where else "", params
-
     def history(self, q: HistoryQuery) -> list[HistoryEntry]:
-        where, params = self._history_where(q)
-        if q.before_seq is not None:
-            where += (" AND " if where else " WHERE ") + "h.seq < %s"
-            params.append(q.before_seq)
-        sql = (f"SELECT h.seq, r.type, r.id, {_VERSION_COLS} FROM history h JOIN resources r ON r.pk = h.pk"
-               f"{where} ORDER BY h.seq DESC LIMIT %s")
+        sql, params, _count_sql, _count_params = history_sql(q, _VERSION_COLS)
         with self._connection() as conn:
-            rows = conn.execute(sql, [*params, q.count]).fetchall()
+            rows = conn.execute(to_pyformat(sql), params).fetchall()
         return [HistoryEntry(r[0], _version(r[1], r[2], r[3:])) for r in rows]
 
     def history_count(self, q: HistoryQuery) -> int:
-        where, params = self._history_where(q)
+        _sql, _params, sql, params = history_sql(q, _VERSION_COLS)
         with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT count(*) FROM history h JOIN resources r ON r.pk = h.pk{where}", params
-            ).fetchone()
+            row = conn.execute(to_pyformat(sql), params).fetchone()
         return int(row[0]) if row else 0
 
     def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
-from .base import Dialect, IndexRows
+from .base import Dialect, HistoryQuery, IndexRows
 from .hashing import h64
 
 # IndexRows field -> (table, columns in the field's tuple order); `res` is appended to every row.
@@ -54,6 +54,36 @@ def migrations(dialect: Dialect) -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
     return sorted(found)
+
+
+def history_sql(q: HistoryQuery, version_cols: str) -> tuple[str, list[Any], str, list[Any]]:
+    """(page SQL, its params, count SQL, its params) for a history query, with qmark placeholders."""
+    where: list[str] = []
+    params: list[Any] = []
+    if q.type is not None:
+        where.append("h.type = ?")
+        params.append(q.type)
+    if q.id is not None:
+        where.append("r.id = ?")
+        params.append(q.id)
+    if q.since_us is not None:
+        where.append("h.last_updated >= ?")
+        params.append(q.since_us)
+    if q.at_us is not None:
+        # the version current at that instant: written before it, and not yet replaced
+        where.append("h.last_updated <= ? AND NOT EXISTS (SELECT 1 FROM history n WHERE n.pk = h.pk"
+                     " AND n.version > h.version AND n.last_updated <= ?)")
+        params += [q.at_us, q.at_us]
+    count_where = (" WHERE " + " AND ".join(where)) if where else ""
+    count_sql = f"SELECT count(*) FROM history h JOIN resources r ON r.pk = h.pk{count_where}"
+    page_params = list(params)
+    if q.before_seq is not None:
+        where.append("h.seq < ?")
+        page_params.append(q.before_seq)
+    page_where = (" WHERE " + " AND ".join(where)) if where else ""
+    page_sql = (f"SELECT h.seq, r.type, r.id, {version_cols} FROM history h JOIN resources r ON r.pk = h.pk"
+                f"{page_where} ORDER BY h.seq DESC LIMIT ?")
+    return page_sql, [*page_params, q.count], count_sql, params
 
 
 REF_MIGRATION = 2  # the migration that adds resources.ref, which only the application can compute

@@ -20,7 +20,15 @@ from ..fhir.instant import format_instant
 from . import integrity
 from .base import Current, Dialect, Head, HistoryEntry, HistoryQuery, IndexRows, Version, Write
 from .hashing import h64
-from .schema import INDEX_TABLE_NAMES, REF_MIGRATION, backfill_refs, index_rows_with_res, insert_index_sql, migrations
+from .schema import (
+    INDEX_TABLE_NAMES,
+    REF_MIGRATION,
+    backfill_refs,
+    history_sql,
+    index_rows_with_res,
+    insert_index_sql,
+    migrations,
+)
 
 _INSERT = insert_index_sql("sqlite")
 _VERSION_COLS = "h.version, h.last_updated, h.method, h.data"
@@ -228,42 +236,16 @@ class SqliteRepository:
             ).fetchone()
         return _version(type, id, row) if row else None
 
-    def _history_where(self, q: HistoryQuery) -> tuple[str, list[Any]]:
-        where: list[str] = []
-        params: list[Any] = []
-        if q.type is not None:
-            where.append("h.type = ?")
-            params.append(q.type)
-        if q.id is not None:
-            where.append("r.id = ?")
-            params.append(q.id)
-        if q.since_us is not None:
-            where.append("h.last_updated >= ?")
-            params.append(q.since_us)
-        if q.at_us is not None:
-            # the version current at that instant: written before it, and not yet replaced
-            where.append("h.last_updated <= ? AND NOT EXISTS (SELECT 1 FROM history n WHERE n.pk = h.pk"
-                         " AND n.version > h.version AND n.last_updated <= ?)")
-            params += [q.at_us, q.at_us]
-        return (" WHERE " + " AND ".join(where)) if where else "", params
-
     def history(self, q: HistoryQuery) -> list[HistoryEntry]:
-        where, params = self._history_where(q)
-        if q.before_seq is not None:
-            where += (" AND " if where else " WHERE ") + "h.seq < ?"
-            params.append(q.before_seq)
-        sql = (f"SELECT h.seq, r.type, r.id, {_VERSION_COLS} FROM history h JOIN resources r ON r.pk = h.pk"
-               f"{where} ORDER BY h.seq DESC LIMIT ?")
+        sql, params, _count_sql, _count_params = history_sql(q, _VERSION_COLS)
         with self._lock:
-            rows = self._conn.execute(sql, [*params, q.count]).fetchall()
+            rows = self._conn.execute(sql, params).fetchall()
         return [HistoryEntry(r[0], _version(r[1], r[2], r[3:])) for r in rows]
 
     def history_count(self, q: HistoryQuery) -> int:
-        where, params = self._history_where(q)
+        _sql, _params, sql, params = history_sql(q, _VERSION_COLS)
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT count(*) FROM history h JOIN resources r ON r.pk = h.pk{where}", params
-            ).fetchone()
+            row = self._conn.execute(sql, params).fetchone()
         return int(row[0])
 
     def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
