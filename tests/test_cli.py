@@ -58,3 +58,4 @@ def test_loading_twice_is_idempotent_for_the_region_and_patients(tmp_path: Path)
         orgs = conn.execute("SELECT count(*), max(version) FROM resources WHERE type = 'Organization'").fetchone()
     assert patients == 3
     assert orgs[1] == 2  # updated in place by the second PUT, not duplicated
+

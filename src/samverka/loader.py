@@ -119,13 +119,17 @@ def load_paths(svc: Services, paths: list[Path], console: Console, processes: in
                     loaded += n
                     failures += errs
                     progress.advance(task)
-    elapsed = time.perf_counter() - started
+    _summary(console, loaded, len(files), time.perf_counter() - started, failures)
+    return loaded
+
+
+def _summary(console: Console, loaded: int, files: int, elapsed: float, failures: list[str]) -> None:
+    """The closing lines of a load: failures (the first 20) and the rate."""
     for failure in failures[:20]:
         console.print(f"[red]{failure}[/red]")
-    console.print(f"loaded {loaded} resources from {len(files)} file(s) in {elapsed:.1f} s: "
+    console.print(f"loaded {loaded} resources from {files} file(s) in {elapsed:.1f} s: "
                   f"[bold]{loaded / elapsed if elapsed else 0:,.0f} resources/s[/bold]"
                   + (f", {len(failures)} bundle(s) failed" if failures else ""))
-    return loaded
 
 
 def _as_done(futures: list[Future[Any]]) -> Iterator[Future[Any]]:
@@ -170,9 +174,5 @@ def load_via_http(server: str, paths: list[Path], console: Console, concurrency:
                 loaded += n
                 failures += errs
                 progress.advance(task)
-    elapsed = time.perf_counter() - started
-    for failure in failures[:20]:
-        console.print(f"[red]{failure}[/red]")
-    console.print(f"loaded {loaded} resources from {len(files)} file(s) in {elapsed:.1f} s: "
-                  f"[bold]{loaded / elapsed if elapsed else 0:,.0f} resources/s[/bold]")
+    _summary(console, loaded, len(files), time.perf_counter() - started, failures)
     return loaded
