@@ -22,6 +22,7 @@ FORBIDDEN = {
     "search": {"api", "interactions", "validation", "cli"},
     "interactions": {"api", "cli"},
     "auth": {"api", "cli"},
+    "audit": {"api", "cli"},
     "sweden": {"api", "interactions", "search", "store", "validation", "cli"},
 }
 

@@ -220,6 +220,64 @@ def reindex(
         svc.repo.close()
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="The audit log: verify its hash chain, follow-up reports.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
+    """Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered record."""
+    from .audit.chain import verify
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        verdict = verify(repo)
+    finally:
+        repo.close()
+    if not verdict.ok:
+        console.print(f"[red]audit log broken at record {verdict.broken_at}: {verdict.reason} "
+                      f"({verdict.checked} records before it are intact)[/red]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"ok: {verdict.checked} audit records, hash chain intact", highlight=False)
+
+
+class ExportFormat(StrEnum):
+    ndjson = "ndjson"
+    csv = "csv"
+
+
+@audit_app.command("report")
+def audit_report(
+    patient: Annotated[str | None, typer.Option(help="accesses to this patient (id)")] = None,
+    user: Annotated[str | None, typer.Option(help="accesses by this user (HSA-id)")] = None,
+    unit: Annotated[str | None, typer.Option(help="accesses from this care unit (HSA-id)")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="from this date or instant")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="up to this date or instant (inclusive)")] = None,
+    emergency: Annotated[bool, typer.Option("--emergency", help="only emergency accesses (nödåtkomst)")] = False,
+    protected: Annotated[bool, typer.Option("--protected", help="only accesses to protected-identity patients")]
+    = False,
+    sample: Annotated[int | None, typer.Option(help="a random sample of this many records")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the sample (same seed, same sample)")] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="FHIR AuditEvent NDJSON or national-contract CSV")]
+    = ExportFormat.ndjson,
+    data_dir: DataDir = Path("samverka-data"),
+    database: Database = None,
+) -> None:
+    """Follow-up (logguppföljning): selected audit records as AuditEvent NDJSON or CSV on stdout."""
+    from .audit.query import Report, export, report
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        events = report(repo, Report(patient, user, unit, start, end, emergency, protected, sample, seed))
+    finally:
+        repo.close()
+    sys.stdout.write(export(events, fmt.value))
+    sys.stdout.flush()
+    console.print(f"{len(events)} audit record(s)", highlight=False)
+
+
 admin_app = typer.Typer(no_args_is_help=True, help="Administer the built-in authorization server.")
 client_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART clients (modules).")
 app.add_typer(admin_app, name="admin")

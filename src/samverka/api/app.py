@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import audit
+from ..audit import query as audit_query
 from ..auth.access import PUBLIC, Access, required
 from ..auth.endpoints import AuthServer
 from ..errors import Category, FhirError, invalid
@@ -55,6 +58,7 @@ class FhirApi:
     def __init__(self, services: Services, auth: AuthServer | None = None) -> None:
         self.svc = services
         self.auth = auth  # None: auth is off (loopback development only)
+        self.audit = audit.Auditor(services.repo, services.settings)
         self._metadata: dict[str, Any] | None = None
 
     def base(self, request: Request) -> str:
@@ -84,6 +88,7 @@ class FhirApi:
         if need is not None and need.perm == PUBLIC:
             return None
         access = self.auth.access(request)
+        request.state.access = access  # known even when refused below, for the audit record
         if need is not None:
             access.require(need, self.svc.repo)
             if need.perm == "s":
@@ -91,13 +96,90 @@ class FhirApi:
         return access
 
     async def dispatch(self, request: Request, prefer: dict[str, str]) -> Result:
-        svc, method = self.svc, request.method
+        """Check access, run the interaction, and audit it (samverka.audit) before anything is answered."""
         parts = [p for p in request.path_params.get("path", "").split("/") if p]
+        pairs = parse_qsl(request.url.query, keep_blank_values=True)
+        address = request.client.host if request.client else None
+        subtype = audit.classify(request.method, parts)
+        who = audit.Who(address=address)
+        try:
+            if parts and parts[0] == "AuditEvent":
+                return self._audit_events(request, parts, pairs, who)
+            access = self._enter(request, parts, pairs)
+            who = audit.who_from_access(access, address)
+            svc = access.services(self.svc) if access is not None else self.svc
+            result = await self._route(request, prefer, self.audit.services(svc, who), access, parts, pairs)
+        except Exception as exc:
+            refused = getattr(request.state, "access", None)
+            if refused is not None and who.client_id is None:
+                who = audit.who_from_access(refused, address)
+            await self.audit.failure(parts, subtype, who, exc)
+            raise
+        await self.audit.success(parts, subtype, who, result, request.url.query)
+        return result
+
+    def _audit_events(self, request: Request, parts: list[str], pairs: list[tuple[str, str]],
+                      who: audit.Who) -> Result:
+        """GET /fhir/AuditEvent[/id]: the audit log for auditors (AuditEvent scopes); no API changes it."""
+        if request.method not in ("GET", "HEAD"):
+            raise audit_query.refuse_change(request.method)
+        own: str | None = None
+        if self.auth is not None:
+            access = self.auth.access(request)
+            reach = audit.reach(access, "s" if len(parts) == 1 else "r")
+            if reach is None:
+                raise FhirError.of(Category.FORBIDDEN, "reading the audit log needs an AuditEvent scope "
+                                   "(system/AuditEvent.rs, user/AuditEvent.rs or patient/AuditEvent.rs)",
+                                   code="forbidden")
+            own = access.patient if reach == "patient" else None
+        repo = self.svc.repo
+        if len(parts) == 1:
+            settings = self.svc.settings
+            return Result(200, resource=audit_query.search(repo, self.base(request), pairs, own,
+                                                           settings.default_page_size, settings.max_page_size))
+        if len(parts) == 2:
+            return Result(200, resource=orjson.loads(audit_query.read(repo, parts[1], own)))
+        raise invalid(f"{request.method} /fhir/{'/'.join(parts)} is not supported on AuditEvent", None,
+                      "not-supported")
+
+    def _auditor(self, request: Request) -> None:
+        """The admin API's audit reports need an admin token or an auditor's system/user AuditEvent scope."""
+        if self.auth is None:
+            return
+        from ..auth import tokens
+
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if token:
+            try:
+                claims = self.auth.verifier.verify(token, tokens.ADMIN_ISSUER, tokens.ADMIN_AUDIENCE)
+                if "admin" in str(claims.get("scope", "")).split():
+                    return
+            except tokens.TokenError:
+                pass
+        if audit.reach(self.auth.access(request), "s") != "all":
+            raise FhirError.of(Category.FORBIDDEN, "audit reports need an admin token or an auditor scope "
+                               "(system/AuditEvent.rs or user/AuditEvent.rs)")
+
+    async def audit_report(self, request: Request) -> Response:
+        """GET /audit/report: the `samverka audit report` queries (same parameter names), NDJSON or CSV."""
+        try:
+            self._auditor(request)
+            params = dict(request.query_params)
+            fmt = params.get("format", "ndjson")
+            if fmt not in ("ndjson", "csv"):
+                raise invalid("format must be ndjson or csv", "format")
+            events = audit_query.report(self.svc.repo, audit_query.report_from_params(params))
+            body = audit_query.export(events, fmt)
+        except Exception as exc:
+            return error_response(exc)
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/fhir+ndjson"
+        return Response(body.encode(), 200, media_type=media)
+
+    async def _route(self, request: Request, prefer: dict[str, str], svc: Services, access: Access | None,
+                     parts: list[str], pairs: list[tuple[str, str]]) -> Result:
+        method = request.method
         query = request.url.query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        access = self._enter(request, parts, pairs)
-        if access is not None:
-            svc = access.services(svc)
         base = self.base(request)
         strict = prefer.get("handling") == "strict"
         h = request.headers
@@ -216,6 +298,7 @@ def create_app(services: Services) -> Starlette:
     api = FhirApi(services, auth)
     routes = [
         Route("/healthz", _health, methods=["GET"]),
+        Route("/audit/report", api.audit_report, methods=["GET"]),
         *(auth.routes() if auth is not None else []),
         Route("/fhir", api.handle, methods=_METHODS),
         Route("/fhir/{path:path}", api.handle, methods=_METHODS),

@@ -1,0 +1,146 @@
+"""The append-only, hash-chained audit table: append inside a unit of work, and verify the whole chain.
+
+Tamper evidence for the IHE BALP records (https://profiles.ihe.net/ITI/BALP/): record n stores
+`hash_n = sha256("n" LF hash_{n-1} LF data_n)` where `data_n` is the exact AuditEvent JSON. Appends read
+and move `audit_head` under the database write lock (SQLite `BEGIN IMMEDIATE`; PostgreSQL
+`SELECT ... FOR UPDATE` on the head row), so every process extends one linear chain without gaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..store import Repository, UnitOfWork
+from .model import columns
+
+GENESIS = "0" * 64
+_INSERT = ("INSERT INTO audit_log (pos, id, recorded, action, outcome, subtype, purpose, user_id, unit_id,"
+           " provider_id, client_id, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def link(pos: int, prev_hash: str, data: bytes) -> str:
+    """The chain hash of the record at `pos`."""
+    return hashlib.sha256(f"{pos}\n{prev_hash}\n".encode() + data).hexdigest()
+
+
+def serialise(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def append(uow: UnitOfWork, events: Sequence[dict[str, Any]], dialect: str) -> int:
+    """Append `events` to the chain inside the open transaction; returns the new head position."""
+    if not events:
+        return -1
+    prepared = [(serialise(ev), columns(ev)) for ev in events]  # CPU work before the head lock
+    lock = " FOR UPDATE" if dialect == "postgresql" else ""
+    row = uow.execute(f"SELECT pos, hash FROM audit_head WHERE one = 1{lock}", ())[0]
+    pos, prev = int(row[0]), str(row[1])
+    for data, c in prepared:
+        pos += 1
+        h = link(pos, prev, data)
+        uow.execute(_INSERT, (pos, c.id, c.recorded, c.action, c.outcome, c.subtype, c.purpose, c.user_id,
+                              c.unit_id, c.provider_id, c.client_id, data.decode(), prev, h))
+        for p in c.patients:
+            uow.execute("INSERT INTO audit_patient (patient, pos) VALUES (?, ?)", (p, pos))
+        for r in c.refs:
+            uow.execute("INSERT INTO audit_entity (ref, pos) VALUES (?, ?)", (r, pos))
+        prev = h
+    uow.execute("UPDATE audit_head SET pos = ?, hash = ? WHERE one = 1", (pos, prev))
+    return pos
+
+
+def write(repo: Repository, events: Sequence[dict[str, Any]]) -> None:
+    """Append `events` in a short transaction of their own."""
+    if events:
+        with repo.transaction() as uow:
+            append(uow, events, repo.dialect)
+
+
+@dataclass
+class Verdict:
+    """The result of `verify`: records checked, and the first broken position with the reason."""
+
+    checked: int
+    broken_at: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+def _rows(repo: Repository, batch: int) -> Iterator[tuple[Any, ...]]:
+    last = 0
+    while True:
+        rows = repo.fetch("SELECT pos, id, recorded, action, outcome, subtype, purpose, user_id, unit_id,"
+                          " provider_id, client_id, data, prev_hash, hash FROM audit_log WHERE pos > ?"
+                          " ORDER BY pos LIMIT ?", (last, batch))
+        if not rows:
+            return
+        yield from rows
+        last = int(rows[-1][0])
+
+
+def _side(repo: Repository, table: str, col: str, lo: int, hi: int) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for pos, value in repo.fetch(f"SELECT pos, {col} FROM {table} WHERE pos >= ? AND pos <= ?", (lo, hi)):
+        out.setdefault(int(pos), set()).add(str(value))
+    return out
+
+
+def verify(repo: Repository, batch: int = 2000) -> Verdict:
+    """Walk the chain in order; the first edited, deleted, inserted or reordered record breaks it."""
+    expected, prev, checked = 1, GENESIS, 0
+    buffer: list[tuple[Any, ...]] = []
+
+    def check(rows: list[tuple[Any, ...]]) -> Verdict | None:
+        nonlocal expected, prev, checked
+        if not rows:
+            return None
+        lo, hi = int(rows[0][0]), int(rows[-1][0])
+        patients = _side(repo, "audit_patient", "patient", lo, hi)
+        refs = _side(repo, "audit_entity", "ref", lo, hi)
+        for pos, id_, recorded, action, outcome, subtype, purpose, user, unit, prov, client, data, ph, h in rows:
+            pos = int(pos)
+            if pos != expected:
+                return Verdict(checked, expected, f"record {expected} is missing (found {pos} next)")
+            raw = data.encode() if isinstance(data, str) else bytes(data)
+            if ph != prev:
+                return Verdict(checked, pos, "its prev_hash is not the hash of the record before it")
+            if link(pos, prev, raw) != h:
+                return Verdict(checked, pos, "its content does not match its hash (edited or moved)")
+            try:
+                c = columns(orjson.loads(raw))
+            except (orjson.JSONDecodeError, KeyError, IndexError, ValueError) as exc:
+                return Verdict(checked, pos, f"its AuditEvent cannot be read: {exc}")
+            stored = (id_, int(recorded), action, outcome, subtype, purpose, user, unit, prov, client)
+            if stored != (c.id, c.recorded, c.action, c.outcome, c.subtype, c.purpose, c.user_id, c.unit_id,
+                          c.provider_id, c.client_id):
+                return Verdict(checked, pos, "its search columns differ from its AuditEvent")
+            if patients.get(pos, set()) != set(c.patients) or refs.get(pos, set()) != set(c.refs):
+                return Verdict(checked, pos, "its patient or entity rows differ from its AuditEvent")
+            prev, expected, checked = h, expected + 1, checked + 1
+        return None
+
+    for row in _rows(repo, batch):
+        buffer.append(row)
+        if len(buffer) >= batch:
+            bad = check(buffer)
+            if bad:
+                return bad
+            buffer = []
+    bad = check(buffer)
+    if bad:
+        return bad
+    head = repo.fetch("SELECT pos, hash FROM audit_head WHERE one = 1", ())
+    if not head:
+        return Verdict(checked, expected, "the chain head (audit_head) is missing")
+    if int(head[0][0]) != checked or head[0][1] != prev:
+        return Verdict(checked, min(int(head[0][0]), checked) + 1,
+                       f"the chain ends at {checked} but its head says {head[0][0]} (records removed at the end?)")
+    return Verdict(checked)
