@@ -56,6 +56,9 @@ def serve(
     public_url: Annotated[str | None, typer.Option(help="the origin clients use, e.g. https://fhir.region.se "
                                                         "(token audience and issuer); default: from each request")]
     = None,
+    trust_issuer: Annotated[list[str] | None, typer.Option(
+        "--trust-issuer", help="trust an external identity provider for the JWT-bearer grant: ISSUER=JWKS, "
+                               "JWKS a JWK Set file or a loopback URL (repeatable)")] = None,
 ) -> None:
     """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
@@ -66,13 +69,15 @@ def serve(
         console.print(f"[red]refusing to bind {host} with --auth off: without authentication only loopback "
                       "addresses (127.0.0.1, ::1, localhost) are allowed[/red]")
         raise typer.Exit(2)
+    trusted = _trusted_issuers(trust_issuer or [])
     settings = Settings(data_dir=data_dir, database=database, host=host, port=port,
                         max_body_bytes=max_body_bytes, max_bundle_entries=max_bundle_entries,
-                        auth=auth is AuthMode.on, public_url=public_url)
+                        auth=auth is AuthMode.on, public_url=public_url, trusted_issuers=trusted)
     if demo:
         _load_demo(settings, demo_patients)
         if settings.auth:
             _print_demo_token(settings)
+            _print_demo_users(settings)
     os.environ[SETTINGS_ENV] = settings_to_env(settings)
     console.print(f"Samverka FHIR R4 server at [bold]{settings.base_url}[/bold] "
                   f"({'PostgreSQL' if database else f'SQLite in {data_dir}'}, {workers} worker(s), "
@@ -97,6 +102,41 @@ def _print_demo_token(settings: Settings) -> None:
     console.print(f"  curl -H \"Authorization: Bearer $TOKEN\" '{settings.base_url}/Patient?_count=5'\n"
                   "Modules get their own credentials: see 'Authorization' in README.md "
                   "(samverka admin token, samverka client register).", highlight=False, soft_wrap=True)
+
+
+def _trusted_issuers(specs: list[str]) -> tuple[str, ...]:
+    """--trust-issuer values checked now (a clear error instead of a failing worker), file paths made absolute."""
+    from .auth.idp import parse_trust
+
+    out = []
+    for spec in specs:
+        try:
+            issuer, source = parse_trust(spec)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]", highlight=False)
+            raise typer.Exit(2) from exc
+        if not source.startswith(("http://", "https://")):
+            source = str(Path(source).resolve())
+        out.append(f"{issuer}={source}")
+    return tuple(out)
+
+
+def _print_demo_users(settings: Settings) -> None:
+    """Demo users get fresh passwords on every demo start; they are printed here and nowhere else."""
+    from .api.server import build_services
+    from .auth.demo import create_demo_users
+
+    svc = build_services(settings)
+    try:
+        logins = create_demo_users(svc, settings.base_url)
+    finally:
+        svc.repo.close()
+    origin = (settings.public_url or settings.base_url.removesuffix("/fhir")).rstrip("/")
+    console.print(f"Demo users for the login page ({origin}/auth/authorize, reached through a SMART app); "
+                  "new passwords on every start:", highlight=False, soft_wrap=True)
+    for login in logins:
+        units = "; ".join(f"{a.care_unit_name}{' (' + a.role + ')' if a.role else ''}" for a in login.user.assignments)
+        print(f"  demo user {login.user.hsa_id}  password {login.password}  {login.user.name}: {units}", flush=True)
 
 
 def _load_demo(settings: Settings, patients: int) -> None:
@@ -279,6 +319,8 @@ def audit_report(
 
 
 admin_app = typer.Typer(no_args_is_help=True, help="Administer the built-in authorization server.")
+user_app = typer.Typer(no_args_is_help=True, help="Logins for the embedded login page (Practitioners by HSA-id).")
+app.add_typer(user_app, name="user")
 client_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART clients (modules).")
 app.add_typer(admin_app, name="admin")
 app.add_typer(client_app, name="client")
@@ -319,6 +361,8 @@ def client_register(
     grant_type: Annotated[list[str] | None, typer.Option("--grant-type", help="default: client_credentials")]
     = None,
     auth_method: Annotated[str, typer.Option("--auth-method", help="private_key_jwt or none")] = "private_key_jwt",
+    redirect_uri: Annotated[list[str] | None, typer.Option("--redirect-uri", help="an app's redirect URI, for "
+                                                            "authorization_code (repeatable)")] = None,
     data_dir: DataDir = Path("samverka-data"),
     database: Database = None,
 ) -> None:
@@ -335,6 +379,8 @@ def client_register(
         meta["jwks_uri"] = jwks_uri
     if grant_type:
         meta["grant_types"] = grant_type
+    if redirect_uri:
+        meta["redirect_uris"] = redirect_uri
     repo = open_repository(data_dir, database)
     try:
         client = register(repo, meta)
@@ -377,6 +423,71 @@ def client_revoke(client_id: Annotated[str, typer.Argument(help="the client_id")
         console.print(f"[red]no client {client_id}[/red]", highlight=False)
         raise typer.Exit(1)
     console.print(f"revoked {client_id}", highlight=False)
+
+
+@user_app.command("add")
+def user_add(
+    hsa_id: Annotated[str, typer.Option("--hsa-id", help="the Practitioner's HSA-id (its identifier in the store)")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from standard input")]
+    = False,
+    data_dir: DataDir = Path("samverka-data"),
+    database: Database = None,
+) -> None:
+    """Give a Practitioner a login (or a new password); the password is stored as an argon2id hash."""
+    from .auth import users
+    from .store import open_repository
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    repo = open_repository(data_dir, database)
+    try:
+        user = users.lookup(repo, hsa_id)
+        if user is None:
+            console.print(f"[red]no active Practitioner has the HSA-id {hsa_id}; load it first[/red]", highlight=False)
+            raise typer.Exit(1)
+        try:
+            users.set_password(repo, hsa_id, password)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]", highlight=False)
+            raise typer.Exit(2) from exc
+    finally:
+        repo.close()
+    units = ", ".join(a.care_unit for a in user.assignments) or "none (the user cannot log in until one exists)"
+    console.print(f"login for {user.name} ({hsa_id}); assignments: {units}", highlight=False)
+
+
+@user_app.command("list")
+def user_list(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
+    """List logins (HSA-id, state)."""
+    from .auth import users
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        for hsa_id, enabled in users.list_logins(repo):
+            print(f"{hsa_id}\t{'enabled' if enabled else 'disabled'}", flush=True)
+    finally:
+        repo.close()
+
+
+@user_app.command("disable")
+def user_disable(hsa_id: Annotated[str, typer.Argument(help="the HSA-id")], data_dir: DataDir = Path("samverka-data"),
+                 database: Database = None) -> None:
+    """Disable a login: no new logins and no refreshes (issued access tokens run out within minutes)."""
+    from .auth import users
+    from .store import open_repository
+
+    repo = open_repository(data_dir, database)
+    try:
+        found = users.disable(repo, hsa_id)
+    finally:
+        repo.close()
+    if not found:
+        console.print(f"[red]no login {hsa_id}[/red]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"disabled {hsa_id}", highlight=False)
 
 
 def main() -> None:

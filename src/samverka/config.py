@@ -20,6 +20,11 @@ class Settings:
     validate_writes: bool = True
     auth: bool = True  # SMART on FHIR bearer tokens required (samverka.auth); off only on loopback, for development
     public_url: str | None = None  # the origin clients use (https://fhir.example.se); None: from each request
+    # external identity providers trusted for the JWT-bearer grant: "ISSUER=JWKS" (file or loopback URL)
+    trusted_issuers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trusted_issuers", tuple(self.trusted_issuers))  # JSON gives back a list
 
     @property
     def base_url(self) -> str:

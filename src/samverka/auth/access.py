@@ -78,12 +78,31 @@ def required(method: str, parts: Sequence[str]) -> Need | None:
 
 @dataclass
 class Access:
-    """The verified token of one request and the grants it carries."""
+    """The verified token of one request and the grants it carries.
+
+    A user's token (authorization code or a trusted issuer's JWT-bearer grant, `auth.grants`) also
+    names the user and the one assignment (medarbetaruppdrag) they act under; a backend service's
+    token leaves these None.
+    """
 
     client_id: str
     scope: str
     grants: list[scopes.Grant]
     patient: str | None = None
+    encounter: str | None = None
+    user_hsa_id: str | None = None  # the Practitioner's HSA-id
+    user_name: str | None = None
+    fhir_user: str | None = None  # "Practitioner/{id}"
+    practitioner_role: str | None = None  # "PractitionerRole/{id}": the assignment
+    role: str | None = None  # the role or profession under the assignment
+    care_unit: str | None = None  # the care unit's HSA-id (vårdenhet)
+    care_unit_name: str | None = None
+    care_provider: str | None = None  # the care provider's HSA-id (vårdgivare)
+    assignment_purpose: str | None = None  # code from sweden.codes.ASSIGNMENT_PURPOSE_SYSTEM
+
+    @property
+    def is_user(self) -> bool:
+        return self.user_hsa_id is not None
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> Access:
@@ -92,8 +111,14 @@ class Access:
             grants = scopes.parse(scope)
         except scopes.ScopeError:
             grants = []
-        patient = claims.get("patient")
-        return cls(str(claims["client_id"]), scope, grants, patient if isinstance(patient, str) else None)
+
+        def text(name: str) -> str | None:
+            value = claims.get(name)
+            return value if isinstance(value, str) and value else None
+
+        return cls(str(claims["client_id"]), scope, grants, text("patient"), text("encounter"), text("user_hsa_id"),
+                   text("user_name"), text("fhirUser"), text("practitioner_role"), text("role"), text("care_unit"),
+                   text("care_unit_name"), text("care_provider"), text("assignment_purpose"))
 
     def _reach(self, perm: str, type_: str) -> str | None:
         """"all" when a user/system grant covers it, "patient" when only patient grants do, else None."""

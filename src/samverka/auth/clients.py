@@ -26,7 +26,8 @@ from . import scopes, store
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_ALGS = ["RS384", "ES384"]
 MAX_ASSERTION_LIFETIME = 300  # seconds: exp - now (and exp - iat) at most five minutes
-GRANT_TYPES = frozenset({"client_credentials", "authorization_code", "refresh_token"})
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1, from a trusted identity provider
+GRANT_TYPES = frozenset({"client_credentials", "authorization_code", "refresh_token", JWT_BEARER})
 JWKS_CACHE_SECONDS = 300.0
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
 
@@ -92,6 +93,7 @@ def register(repo: Repository, meta: Any) -> store.Client:
         scopes.check(scope)
     except scopes.ScopeError as exc:
         raise OAuthError("invalid_client_metadata", str(exc)) from exc
+    redirect_uris = _redirect_uris(meta.get("redirect_uris"), "authorization_code" in grants)
     jwks, jwks_uri = meta.get("jwks"), meta.get("jwks_uri")
     if method == "private_key_jwt":
         if (jwks is None) == (jwks_uri is None):
@@ -105,11 +107,52 @@ def register(repo: Repository, meta: Any) -> store.Client:
     accepted = {k: v for k, v in meta.items() if k in ("client_name", "redirect_uris", "software_id",
                                                          "software_version", "contacts", "jwks_uri")}
     accepted.update(token_endpoint_auth_method=method, grant_types=grants, scope=" ".join(scope.split()))
+    if redirect_uris:
+        accepted["redirect_uris"] = redirect_uris
     if jwks is not None:
         accepted["jwks"] = jwks
     client = store.Client(secrets.token_urlsafe(18), name.strip(), method, accepted["scope"], tuple(grants),
                           jwks, jwks_uri, accepted, store.now(), None)
     store.add_client(repo, client)
+    return client
+
+
+def _redirect_uris(value: Any, required: bool) -> list[str]:
+    """Registered redirect URIs (RFC 6749 §3.1.2): absolute, no fragment, https or http on loopback."""
+    if value is None:
+        if required:
+            raise OAuthError("invalid_redirect_uri", "authorization_code needs redirect_uris")
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(u, str) for u in value):
+        raise OAuthError("invalid_redirect_uri", "redirect_uris must be a non-empty list of URLs")
+    for uri in value:
+        parts = urlsplit(uri)
+        if parts.fragment or "#" in uri or not parts.netloc or len(uri) > 2000:
+            raise OAuthError("invalid_redirect_uri", f"redirect URI {uri!r} must be absolute, without a fragment")
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_url(uri)):
+            raise OAuthError("invalid_redirect_uri", f"redirect URI {uri!r} must use https (http only on loopback)")
+    return list(value)
+
+
+def public_client(repo: Repository, client_id: str | None) -> store.Client:
+    """A public client (token_endpoint_auth_method none), identified by client_id alone."""
+    client = store.get_client(repo, client_id) if client_id else None
+    if client is None or client.revoked is not None:
+        raise _bad("unknown or revoked client")
+    if client.auth_method != "none":
+        raise _bad("this client must authenticate (private_key_jwt client_assertion)")
+    return client
+
+
+async def token_client(repo: Repository, keys: ClientKeys, form: dict[str, str], token_url: str,
+                       grant_type: str) -> store.Client:
+    """The client calling the token endpoint: confidential ones by assertion, public ones by client_id."""
+    if "client_assertion" in form or "client_assertion_type" in form:
+        client = await authenticate(repo, keys, form, token_url)
+    else:
+        client = public_client(repo, form.get("client_id"))
+    if grant_type not in client.grant_types:
+        raise OAuthError("unauthorized_client", f"this client is not registered for {grant_type}")
     return client
 
 

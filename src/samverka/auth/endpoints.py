@@ -1,7 +1,9 @@
 """The authorization server's HTTP endpoints and the bearer-token guard of the FHIR API.
 
 SMART App Launch 2.x discovery (https://hl7.org/fhir/smart-app-launch/conformance.html), the token
-endpoint for backend services (https://hl7.org/fhir/smart-app-launch/backend-services.html),
+endpoint for backend services (https://hl7.org/fhir/smart-app-launch/backend-services.html) and for
+users (authorization code with PKCE, refresh tokens and the JWT-bearer grant: `auth.grants`; the
+authorization endpoint and login page: `auth.authorize`),
 introspection (RFC 7662), revocation (RFC 7009), the JWKS, and client registration (RFC 7591) with
 its admin API. Errors follow RFC 6749 §5.2: `{"error", "error_description"}`, never echoing a secret.
 """
@@ -18,17 +20,19 @@ from starlette.routing import Route
 
 from ..config import Settings
 from ..store import Repository
-from . import clients, scopes, store, tokens
+from . import clients, grants, handles, idp, scopes, store, tokens
 from .access import Access, unauthorized
+from .authorize import AppLaunch
 
 MAX_FORM_BYTES = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# what works today; the app-launch capabilities (launch-ehr, launch-standalone, context-*-patient,
-# sso-openid-connect, permission-offline) are added with the authorization-code flow, not before
-CAPABILITIES = ["client-confidential-asymmetric", "permission-v1", "permission-v2", "permission-patient",
-                "permission-user"]
+CAPABILITIES = ["launch-ehr", "launch-standalone", "client-public", "client-confidential-asymmetric",
+                "context-ehr-patient", "context-ehr-encounter", "context-standalone-patient", "sso-openid-connect",
+                "permission-offline", "permission-v1", "permission-v2", "permission-patient", "permission-user"]
 SCOPES_SUPPORTED = ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "user/*.cruds",
-                    "user/*.rs", "patient/*.rs"]
+                    "user/*.rs", "patient/*.rs", "openid", "fhirUser", "launch", "launch/patient",
+                    "offline_access"]
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", clients.JWT_BEARER]
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -61,6 +65,11 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+# the user and assignment claims of a user's access token (users.User.claims), shown by introspection
+USER_CLAIMS = ("user_hsa_id", "user_name", "practitioner_role", "care_unit", "care_unit_name", "care_provider",
+               "role", "assignment_purpose")
+
+
 class AuthServer:
     """The built-in authorization server of one process: keys, token verification and endpoints."""
 
@@ -70,6 +79,8 @@ class AuthServer:
         self.keys = tokens.KeyRing(repo)
         self.verifier = tokens.Verifier(self.keys)
         self.client_keys = clients.ClientKeys()
+        self.issuers = idp.TrustedIssuers(settings.trusted_issuers)
+        self.app_launch = AppLaunch(self)
 
     def origin(self, request: Request) -> str:
         if self.settings.public_url:
@@ -85,6 +96,10 @@ class AuthServer:
     def routes(self) -> list[Route]:
         return [
             Route("/fhir/.well-known/smart-configuration", self.smart_configuration, methods=["GET"]),
+            Route("/auth/.well-known/openid-configuration", self.openid_configuration, methods=["GET"]),
+            Route("/auth/authorize", self.app_launch.authorize, methods=["GET", "POST"]),
+            Route("/auth/login", self.app_launch.login, methods=["POST"]),
+            Route("/auth/launch", self.app_launch.create_launch, methods=["POST"]),
             Route("/auth/token", self.token, methods=["POST"]),
             Route("/auth/introspect", self.introspect, methods=["POST"]),
             Route("/auth/revoke", self.revoke, methods=["POST"]),
@@ -114,25 +129,49 @@ class AuthServer:
         body = {
             "issuer": f"{origin}/auth",
             "jwks_uri": f"{origin}/auth/jwks",
+            "authorization_endpoint": f"{origin}/auth/authorize",
             "token_endpoint": f"{origin}/auth/token",
             "introspection_endpoint": f"{origin}/auth/introspect",
             "revocation_endpoint": f"{origin}/auth/revoke",
             "registration_endpoint": f"{origin}/auth/register",
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": GRANT_TYPES,
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": clients.CLIENT_ALGS,
             "scopes_supported": SCOPES_SUPPORTED,
+            "response_types_supported": ["code"],
             "capabilities": CAPABILITIES,
             "code_challenge_methods_supported": ["S256"],
         }
         return Response(orjson.dumps(body), 200, media_type="application/json")
 
+    async def openid_configuration(self, request: Request) -> Response:
+        """OpenID Connect Discovery 1.0 §3 for the id_token issuer: https://openid.net/specs/openid-connect-discovery-1_0.html"""
+        origin = self.origin(request)
+        body = {
+            "issuer": f"{origin}/auth",
+            "jwks_uri": f"{origin}/auth/jwks",
+            "authorization_endpoint": f"{origin}/auth/authorize",
+            "token_endpoint": f"{origin}/auth/token",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [tokens.ALG],
+            "scopes_supported": ["openid", "fhirUser"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "auth_time", "name", "fhirUser"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+        }
+        return Response(orjson.dumps(body), 200, media_type="application/json")
+
     async def token(self, request: Request) -> Response:
-        """client_credentials with private_key_jwt: https://hl7.org/fhir/smart-app-launch/backend-services.html"""
+        """The token endpoint: https://hl7.org/fhir/smart-app-launch/app-launch.html#obtain-access-token"""
         try:
             form = await _form(request)
-            if form.get("grant_type") != "client_credentials":
-                raise clients.OAuthError("unsupported_grant_type", "grant_type must be client_credentials")
+            grant_type = form.get("grant_type", "")
+            if grant_type in ("authorization_code", "refresh_token", clients.JWT_BEARER):
+                return await self._user_token(request, form, grant_type)
+            if grant_type != "client_credentials":
+                raise clients.OAuthError("unsupported_grant_type",
+                                         f"grant_type must be one of {', '.join(GRANT_TYPES)}")
             origin = self.origin(request)
             client = await clients.authenticate(self.repo, self.client_keys, form, f"{origin}/auth/token")
             if "client_credentials" not in client.grant_types:
@@ -154,6 +193,21 @@ class AuthServer:
                                                 "scope": granted}, tokens.ACCESS_LIFETIME)
         return _json({"access_token": token, "token_type": "bearer", "expires_in": tokens.ACCESS_LIFETIME,
                       "scope": claims["scope"]})
+
+    async def _user_token(self, request: Request, form: dict[str, str], grant_type: str) -> Response:
+        """authorization_code, refresh_token and the JWT-bearer grant (auth.grants): tokens for a user."""
+        where = grants.Where(self.issuer(request), self.fhir_base(request), f"{self.origin(request)}/auth/token")
+        try:
+            client = await clients.token_client(self.repo, self.client_keys, form, where.token_url, grant_type)
+            if grant_type == "authorization_code":
+                body = grants.authorization_code(self.repo, self.keys, where, client.client_id, form)
+            elif grant_type == "refresh_token":
+                body = grants.refresh(self.repo, self.keys, where, client.client_id, form)
+            else:
+                body = await grants.jwt_bearer(self.repo, self.keys, where, client, self.issuers, form)
+        except clients.OAuthError as exc:
+            return _oauth_error(exc)
+        return _json(body)
 
     def _caller(self, request: Request) -> tuple[bool, str | None]:
         """(is admin, client_id) of the bearer token calling introspect or revoke; 401 without one."""
@@ -187,7 +241,8 @@ class AuthServer:
             return inactive
         if not admin and claims["client_id"] != caller:
             return inactive
-        keep = ("scope", "client_id", "exp", "iat", "sub", "iss", "aud", "jti", "patient", "fhirUser")
+        keep = ("scope", "client_id", "exp", "iat", "sub", "iss", "aud", "jti", "patient", "encounter", "fhirUser",
+                *USER_CLAIMS)
         return _json({"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}})
 
     async def revoke(self, request: Request) -> Response:
@@ -199,6 +254,8 @@ class AuthServer:
                 client = await clients.authenticate(self.repo, self.client_keys, form,
                                                     f"{self.origin(request)}/auth/token")
                 admin, caller = False, client.client_id
+            elif "client_id" in form and "authorization" not in request.headers:
+                admin, caller = False, clients.public_client(self.repo, form["client_id"]).client_id
             else:
                 admin, caller = self._caller(request)
         except clients.OAuthError as exc:
@@ -206,6 +263,9 @@ class AuthServer:
         try:
             claims = self.verifier.signed_claims(form.get("token", ""))
         except tokens.TokenError:
+            refresh = handles.find(self.repo, handles.REFRESH, form.get("token", "")) if form.get("token") else None
+            if refresh is not None and refresh.family and (admin or refresh.client_id == caller):
+                grants.withdraw(self.repo, refresh)
             return _json({})
         if isinstance(claims.get("jti"), str) and (admin or claims.get("client_id") == caller):
             store.revoke_token(self.repo, claims["jti"], int(claims.get("exp", store.now())))

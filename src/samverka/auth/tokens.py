@@ -93,13 +93,13 @@ class KeyRing:
         return self._set
 
 
-def mint(keys: KeyRing, claims: dict[str, Any], lifetime: int) -> tuple[str, dict[str, Any]]:
-    """Sign an access token; returns (token, its claims). Adds iat, exp and jti."""
+def mint(keys: KeyRing, claims: dict[str, Any], lifetime: int, typ: str = "at+jwt") -> tuple[str, dict[str, Any]]:
+    """Sign an access token (or, with typ JWT, an id_token); returns (token, its claims). Adds iat, exp and jti."""
     key = keys.signing()
     t = store.now()
     full = {**claims, "iat": t, "exp": t + lifetime, "jti": uuid.uuid4().hex}
     jwk = ECKey.import_key(key.private_jwk)
-    token = jwt.encode({"alg": key.alg, "kid": key.kid, "typ": "at+jwt"}, full, jwk, algorithms=[ALG])
+    token = jwt.encode({"alg": key.alg, "kid": key.kid, "typ": typ}, full, jwk, algorithms=[ALG])
     return token, full
 
 
