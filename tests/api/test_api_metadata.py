@@ -65,9 +65,13 @@ def test_metadata_lists_every_r4_resource_type_once(capability: dict[str, Any]) 
 
 
 def test_metadata_claims_only_served_interactions(capability: dict[str, Any]) -> None:
-    """Each resource lists the interactions the server implements, and system-level ones are present."""
+    """Each resource lists the interactions the server implements (the audit log only read and search),
+    and the system-level ones are present."""
     for r in capability["rest"][0]["resource"]:
         codes = {i["code"] for i in r["interaction"]}
+        if r["type"] == "AuditEvent":
+            assert codes == {"read", "search-type"}
+            continue
         assert codes == SERVED_TYPE_INTERACTIONS, r["type"]
         assert r["versioning"] == "versioned-update"
     system = {i["code"] for i in capability["rest"][0]["interaction"]}
@@ -135,3 +139,8 @@ def test_metadata_in_xml(server: RunningServer) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/fhir+xml")
     assert b"<CapabilityStatement" in r.content and b'<fhirVersion value="4.0.1"/>' in r.content
+
+
+def test_metadata_names_no_security_service_when_auth_is_off(capability: dict[str, Any]) -> None:
+    """These servers run with --auth off, so the statement claims no SMART security service."""
+    assert "security" not in capability["rest"][0]

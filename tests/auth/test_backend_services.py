@@ -230,3 +230,12 @@ def test_cli_register_list_revoke(auth_server: AuthServer, tmp_path: object) -> 
         assert fhir.get("/Observation", params={"_count": "1"}).status_code == 401
     assert f"{client_id}\trevoked" in auth_server.cli("client", "list").stdout
     assert auth_server.cli("client", "revoke", "no-such-client").returncode == 1
+
+
+def test_capability_statement_declares_smart_on_fhir(auth_server: AuthServer) -> None:
+    """With auth on, metadata names the SMART-on-FHIR security service and the OAuth endpoints."""
+    rest = httpx.get(f"{auth_server.srv.base}/metadata", timeout=30).json()["rest"][0]
+    security = rest["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert uris["token"] == f"{auth_server.origin}/auth/token"

@@ -200,7 +200,8 @@ class FhirApi:
                 return search.search(svc, base, None, pairs, strict)
         elif parts[0] == "metadata" and n == 1 and method in ("GET", "HEAD"):
             formats = (JSON, "application/json", XML)
-            statement = capabilities.capability_statement(svc.searchable(force=True), base, formats)
+            statement = capabilities.capability_statement(svc.searchable(force=True), base, formats,
+                                                          svc.settings.auth)
             return Result(200, resource=_mark_custom(svc, statement))
         elif parts[0] == "$reindex" and n == 1 and method == "POST":
             body = await self._body(request) if int(h.get("content-length") or 0) else None

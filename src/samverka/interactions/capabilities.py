@@ -18,8 +18,13 @@ _TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-ins
 _SEARCHABLE = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
 
 
-def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]) -> dict[str, Any]:
-    return {
+# the audit log is append-only: read and searched by auditors, never written through the API
+_READ_ONLY = {"AuditEvent": ("read", "search-type")}
+
+
+def capability_statement(registry: Registry, base: str, formats: tuple[str, ...],
+                         auth: bool = True) -> dict[str, Any]:
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": "2026-11-26",
@@ -38,6 +43,21 @@ def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]
                            "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
         }],
     }
+    if auth:  # https://hl7.org/fhir/smart-app-launch/conformance.html
+        origin = base.removesuffix("/fhir")
+        statement["rest"][0]["security"] = {
+            "cors": False,
+            "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                     "code": "SMART-on-FHIR"}]}],
+            "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                           "extension": [{"url": "token", "valueUri": f"{origin}/auth/token"},
+                                         {"url": "revoke", "valueUri": f"{origin}/auth/revoke"},
+                                         {"url": "introspect", "valueUri": f"{origin}/auth/introspect"},
+                                         {"url": "register", "valueUri": f"{origin}/auth/register"}]}],
+            "description": "SMART on FHIR: bearer tokens from the built-in authorization server "
+                           f"(see {base}/.well-known/smart-configuration)",
+        }
+    return statement
 
 
 @cache
@@ -46,6 +66,11 @@ def _searchable(registry: Registry, type_: str) -> tuple[tuple[str, str, str], .
 
 
 def _resource(registry: Registry, type_: str) -> dict[str, Any]:
+    if type_ in _READ_ONLY:
+        return {"type": type_, "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+                "interaction": [{"code": c} for c in _READ_ONLY[type_]],
+                "searchParam": [{"name": code, "type": t, "definition": url}
+                                for code, t, url in _searchable(registry, type_)]}
     return {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
