@@ -94,9 +94,12 @@ def resolve(db: Fetcher, specs: list[Spec], page: list[Version],
                 params = [*spec.params, *refs, spec.source, *extra_params, MAX_INCLUDED + 1]
             else:
                 target = " AND x.target_type = ?" if spec.target else ""
+                # from the page's own rows (by ref) to their reference rows (by res): a CROSS JOIN keeps that
+                # order on SQLite, which otherwise scanned every row of the parameter (param is the key's
+                # first column) and joined each to its source
                 sql = (f"SELECT {_COLS} FROM resources r JOIN history h ON h.seq = r.seq"
-                       f" WHERE r.deleted = 0 AND r.ref IN (SELECT x.ref FROM idx_reference x JOIN resources s"
-                       f" ON s.pk = x.res WHERE s.ref IN ({marks}) AND x.param IN ({pmarks}){target}){extra} LIMIT ?")
+                       f" WHERE r.deleted = 0 AND r.ref IN (SELECT x.ref FROM resources s CROSS JOIN idx_reference x"
+                       f" WHERE s.ref IN ({marks}) AND x.res = s.pk AND x.param IN ({pmarks}){target}){extra} LIMIT ?")
                 params = [*refs, *spec.params, *([spec.target] if spec.target else []), *extra_params,
                           MAX_INCLUDED + 1]
             for v in _versions(db.fetch(sql, params)):
