@@ -13,6 +13,7 @@ import orjson
 
 from ..errors import Category, FhirError, invalid
 from ..search import include, plan
+from ..search.query import InCompartment
 from .bundles import full_url, link, new_bundle, resource_fragment, url_with
 from .context import Result, Services
 from .writes import check_type
@@ -28,7 +29,9 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
     if query.unknown and strict:
         raise invalid(f"unknown or unsupported search parameter(s): {', '.join(query.unknown)}",
                       query.unknown[0], "not-supported")
-    filters = [*svc.access_filters, *(_compartment_filter(svc, compartment) if compartment else [])]
+    filters = list(svc.access_filters)
+    if compartment:  # a criterion the planner can start from (a patient's few resources), not a filter
+        query.criteria.insert(0, _in_compartment(svc, compartment, type_))
     count = min(_int(query.result, "_count", svc.settings.default_page_size), svc.settings.max_page_size)
     total_mode = _last(query.result, "_total", "estimate")
     if total_mode not in ("none", "estimate", "accurate"):
@@ -110,29 +113,20 @@ def _cursor(result: dict[str, list[str]], n: int) -> tuple[str, list[Any] | None
     return values[0], values[1:]
 
 
-def _compartment_filter(svc: Services, compartment: tuple[str, str]) -> list[tuple[str, list[Any]]]:
-    """Resources in `Patient/123`'s compartment: by the CompartmentDefinition's parameters."""
+def _in_compartment(svc: Services, compartment: tuple[str, str], type_: str | None) -> InCompartment:
+    """`Patient/123/Observation`: the Observations referring to Patient/123 through the parameters the R4
+    Patient CompartmentDefinition names for Observation (subject, performer)."""
     from ..fhir.definitions import compartment_definition
+    from ..store.hashing import h64
 
     ctype, cid = compartment
     if ctype != "Patient":
         raise FhirError.of(Category.UNSUPPORTED, f"the {ctype} compartment is not supported; use Patient")
-    from ..store.hashing import h64
-
-    conds: list[str] = []
-    params: list[Any] = []
+    ids: list[int] = []
     for res in compartment_definition("Patient").get("resource", []):
-        codes = res.get("param") or []
-        ids = [p.id for c in codes if (p := svc.registry.get(res["code"], c)) is not None]
-        if res["code"] == "Patient":
-            conds.append("(r.type = 'Patient' AND r.id = ?)")
-            params.append(cid)
-        if ids:
-            marks = ", ".join("?" for _ in ids)
-            conds.append(f"(r.type = ? AND EXISTS (SELECT 1 FROM idx_reference cx WHERE cx.res = r.pk"
-                         f" AND cx.param IN ({marks}) AND cx.ref = ?))")
-            params += [res["code"], *ids, h64(f"Patient/{cid}")]
-    return [("(" + " OR ".join(conds) + ")", params)]
+        if res["code"] == type_:
+            ids = [p.id for c in res.get("param") or [] if (p := svc.registry.get(res["code"], c)) is not None]
+    return InCompartment(tuple(ids), h64(f"Patient/{cid}"), cid, f"Patient/{cid}")
 
 
 def _last(result: dict[str, list[str]], name: str, default: str) -> str:

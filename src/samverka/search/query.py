@@ -64,7 +64,18 @@ class Has:
     raw_name: str
 
 
-Node = Union[Criterion, Chain, Has]  # noqa: UP007 -- a runtime alias used before Chain and Has exist
+@dataclass(frozen=True)
+class InCompartment:
+    """Resources in one Patient's compartment (https://hl7.org/fhir/R4/compartmentdefinition.html):
+    a reference to `Patient/{patient_id}` (hash `ref`) through one of `param_ids`, or that Patient."""
+
+    param_ids: tuple[int, ...]
+    ref: int
+    patient_id: str
+    raw_name: str
+
+
+Node = Union[Criterion, Chain, Has, InCompartment]  # noqa: UP007 -- a runtime alias used before Chain and Has exist
 
 
 @dataclass

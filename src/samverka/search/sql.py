@@ -22,7 +22,7 @@ from ..store.hashing import h64
 from . import normalize
 from .compile_convert import of_type_system
 from .params import param_id
-from .query import Chain, Criterion, Has, Node, Value
+from .query import Chain, Criterion, Has, InCompartment, Node, Value
 from .sql_values import COMPILERS, Cond, or_conds, token
 from .terminology import Terminology, store_lookup
 
@@ -207,6 +207,12 @@ def _uri(c: Criterion, v: Value) -> Cond:
 
 def exists_sql(node: Node, alias: str, depth: int = 0, db: Fetcher | None = None) -> tuple[str, list[Any]]:
     """A condition on `alias` (a `resources` row) that holds when the node matches it."""
+    if isinstance(node, InCompartment):
+        x = f"x{depth}"
+        marks = ", ".join("?" for _ in node.param_ids) or "NULL"
+        return (f"(EXISTS (SELECT 1 FROM idx_reference {x} WHERE {x}.res = {alias}.pk AND {x}.param IN ({marks})"
+                f" AND {x}.ref = ?) OR ({alias}.type = 'Patient' AND {alias}.id = ?))",
+                [*node.param_ids, node.ref, node.patient_id])
     if isinstance(node, Criterion):
         lf = leaf(node, db)
         if isinstance(lf, Raw):
@@ -236,6 +242,11 @@ def exists_sql(node: Node, alias: str, depth: int = 0, db: Fetcher | None = None
 
 def driver_sql(node: Node, db: Fetcher | None = None) -> tuple[str, list[Any]] | None:
     """`SELECT res ...` of the keys matching a positive leaf, or None when the node cannot drive."""
+    if isinstance(node, InCompartment):
+        marks = ", ".join("?" for _ in node.param_ids) or "NULL"
+        return (f"SELECT x.res FROM idx_reference x WHERE x.param IN ({marks}) AND x.ref = ?"
+                " UNION SELECT p.pk AS res FROM resources p WHERE p.ref = ? AND p.type = 'Patient' AND p.id = ?",
+                [*node.param_ids, node.ref, node.ref, node.patient_id])
     if not isinstance(node, Criterion):
         return None
     lf = leaf(node, db)
