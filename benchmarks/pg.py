@@ -58,11 +58,15 @@ class Cluster:
     def start(self) -> Cluster:
         self._run("initdb", "-D", str(self.datadir), "--auth=trust", "-U", "postgres", "-E", "UTF8",
                   "--locale=C.UTF-8", "--no-instructions")
+        return self.launch(SETTINGS)
+
+    def launch(self, settings: dict[str, str], start_timeout: int = 60, ready_timeout: float = 30) -> Cluster:
+        """`pg_ctl start` on the initialised data folder with `settings`, then wait until it accepts connections."""
         opts = f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} " + " ".join(
-            f"-c {k}={v}" for k, v in SETTINGS.items())
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.datadir), "-l", str(self.root / "server.log"),
-                  "-o", opts)
-        deadline = time.monotonic() + 30
+            f"-c {k}={v}" for k, v in settings.items())
+        self._run("pg_ctl", "start", "-w", "-t", str(start_timeout), "-D", str(self.datadir), "-l",
+                  str(self.root / "server.log"), "-o", opts)
+        deadline = time.monotonic() + ready_timeout
         while True:
             try:
                 with psycopg.connect(self.url(), connect_timeout=2):

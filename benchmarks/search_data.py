@@ -191,7 +191,6 @@ def pg_cluster_class() -> type:
                 os.chmod(self.root, 0o700)
 
         def start(self) -> PersistentCluster:
-            import psycopg
             if not (self.datadir / "PG_VERSION").exists():
                 self._run("initdb", "-D", str(self.datadir), "--auth=trust", "-U", "postgres", "-E", "UTF8",
                           "--locale=C.UTF-8", "--no-instructions")
@@ -201,20 +200,7 @@ def pg_cluster_class() -> type:
                 except RuntimeError:
                     (self.datadir / "postmaster.pid").unlink(missing_ok=True)
             settings = {**SETTINGS, "random_page_cost": "1.1", "effective_cache_size": "8GB"}
-            opts = f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} " + " ".join(
-                f"-c {k}={v}" for k, v in settings.items())
-            self._run("pg_ctl", "start", "-w", "-t", "120", "-D", str(self.datadir), "-l",
-                      str(self.root / "server.log"), "-o", opts)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with psycopg.connect(self.url(), connect_timeout=2):
-                        break
-                except psycopg.OperationalError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.3)
-            log(f"PostgreSQL cluster at {self.url()} ({self.root})")
+            self.launch(settings, start_timeout=120, ready_timeout=60)
             return self
 
         def ensure_db(self, name: str) -> str:
