@@ -257,7 +257,8 @@ def main() -> None:
         return figures
 
     def raw_source() -> Path:
-        for d in (sqlite_load_dir, sqlite_http_dir):
+        # the full HTTP-ingested store first: a time-budgeted `load` store may hold only part of the data
+        for d in (sqlite_http_dir, sqlite_load_dir):
             if (d / "samverka.sqlite").exists():
                 return d / "samverka.sqlite"
         raise RuntimeError("no Samverka-loaded SQLite store to take the rows from (run http_sqlite or load_sqlite)")
