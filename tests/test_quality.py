@@ -23,6 +23,7 @@ FORBIDDEN = {
     "interactions": {"api", "cli"},
     "auth": {"api", "cli"},
     "audit": {"api", "cli"},
+    "events": {"api", "cli"},
     "sweden": {"api", "interactions", "search", "store", "validation", "cli"},
 }
 

@@ -59,6 +59,13 @@ def serve(
     trust_issuer: Annotated[list[str] | None, typer.Option(
         "--trust-issuer", help="trust an external identity provider for the JWT-bearer grant: ISSUER=JWKS, "
                                "JWKS a JWK Set file or a loopback URL (repeatable)")] = None,
+    event_retry_period: Annotated[float, typer.Option(
+        help="seconds a subscription's notifications are retried before its status becomes error")] = 24 * 3600.0,
+    event_backoff: Annotated[float, typer.Option(
+        help="first retry delay in seconds of a failed notification (doubling each time)")] = 1.0,
+    event_backoff_max: Annotated[float, typer.Option(help="longest retry delay in seconds")] = 300.0,
+    event_lease: Annotated[float, typer.Option(
+        help="seconds the delivering worker's lease lasts; another process takes over after it expires")] = 10.0,
 ) -> None:
     """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
@@ -72,7 +79,9 @@ def serve(
     trusted = _trusted_issuers(trust_issuer or [])
     settings = Settings(data_dir=data_dir, database=database, host=host, port=port,
                         max_body_bytes=max_body_bytes, max_bundle_entries=max_bundle_entries,
-                        auth=auth is AuthMode.on, public_url=public_url, trusted_issuers=trusted)
+                        auth=auth is AuthMode.on, public_url=public_url, trusted_issuers=trusted,
+                        event_retry_period=event_retry_period, event_backoff=event_backoff,
+                        event_backoff_max=event_backoff_max, event_lease=event_lease)
     if demo:
         _load_demo(settings, demo_patients)
         if settings.auth:

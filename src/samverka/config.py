@@ -22,6 +22,16 @@ class Settings:
     public_url: str | None = None  # the origin clients use (https://fhir.example.se); None: from each request
     # external identity providers trusted for the JWT-bearer grant: "ISSUER=JWKS" (file or loopback URL)
     trusted_issuers: tuple[str, ...] = ()
+    # topic-based subscriptions (samverka.events): delivery polling, the leader lease between worker
+    # processes, the POST timeout, retry backoff (doubling from event_backoff up to event_backoff_max)
+    # and how long failures may last before a subscription goes to status error (all in seconds)
+    events: bool = True
+    event_poll: float = 0.25
+    event_lease: float = 10.0
+    event_timeout: float = 30.0
+    event_backoff: float = 1.0
+    event_backoff_max: float = 300.0
+    event_retry_period: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trusted_issuers", tuple(self.trusted_issuers))  # JSON gives back a list

@@ -7,6 +7,8 @@ cores comes from `--workers`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -16,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import audit
+from .. import audit, events
 from ..audit import query as audit_query
 from ..auth.access import PUBLIC, Access, required
 from ..auth.endpoints import AuthServer
@@ -59,6 +61,8 @@ class FhirApi:
         self.svc = services
         self.auth = auth  # None: auth is off (loopback development only)
         self.audit = audit.Auditor(services.repo, services.settings)
+        repo = services.repo
+        self.events = events.Events(services, repo.on_commit if isinstance(repo, events.Outboxing) else None)
         self._metadata: dict[str, Any] | None = None
 
     def base(self, request: Request) -> str:
@@ -108,6 +112,7 @@ class FhirApi:
             access = self._enter(request, parts, pairs)
             who = audit.who_from_access(access, address)
             svc = access.services(self.svc) if access is not None else self.svc
+            svc = self.events.services(svc, access)  # Subscriptions it creates belong to the token's client
             result = await self._route(request, prefer, self.audit.services(svc, who), access, parts, pairs)
         except Exception as exc:
             refused = getattr(request.state, "access", None)
@@ -201,7 +206,7 @@ class FhirApi:
         elif parts[0] == "metadata" and n == 1 and method in ("GET", "HEAD"):
             formats = (JSON, "application/json", XML)
             statement = capabilities.capability_statement(svc.searchable(force=True), base, formats,
-                                                          svc.settings.auth)
+                                                          svc.settings.auth, self.events.topic_urls())
             return Result(200, resource=_mark_custom(svc, statement))
         elif parts[0] == "$reindex" and n == 1 and method == "POST":
             body = await self._body(request) if int(h.get("content-length") or 0) else None
@@ -249,6 +254,10 @@ class FhirApi:
                 return patch.patch(svc, type_, id_, await self._body(request, True), h.get("if-match"))
         elif n == 3 and parts[2] == "_history" and method in ("GET", "HEAD"):
             return history.history(svc, base, parts[0], parts[1], pairs)
+        elif n == 3 and parts[0] == "Subscription" and parts[2] == "$status" and method in ("GET", "HEAD"):
+            return self.events.status(base, parts[1])
+        elif n == 3 and parts[0] == "Subscription" and parts[2] == "$events" and method in ("GET", "HEAD"):
+            return self.events.events(base, parts[1], dict(pairs), access)
         elif n == 3 and parts[2] == "$validate" and method == "POST":
             return validate.validate_operation(svc, parts[0], parts[1], await self._body(request))
         elif n == 3 and not parts[2].startswith(("$", "_")) and method in ("GET", "HEAD"):
@@ -294,9 +303,20 @@ async def _health(request: Request) -> Response:
     return Response(b'{"status":"ok"}', 200, media_type="application/json")
 
 
-def create_app(services: Services) -> Starlette:
+def create_app(services: Services, deliver: bool = False) -> Starlette:
+    """The ASGI app; `deliver` also runs this process's subscription delivery worker (samverka.events)."""
     auth = AuthServer(services.repo, services.settings) if services.settings.auth else None
     api = FhirApi(services, auth)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if deliver and services.settings.events:
+            api.events.start()
+        try:
+            yield
+        finally:
+            await api.events.stop()
+
     routes = [
         Route("/healthz", _health, methods=["GET"]),
         Route("/audit/report", api.audit_report, methods=["GET"]),
@@ -304,6 +324,6 @@ def create_app(services: Services) -> Starlette:
         Route("/fhir", api.handle, methods=_METHODS),
         Route("/fhir/{path:path}", api.handle, methods=_METHODS),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from .. import events
 from ..config import Settings
 from ..interactions import reindex
 from ..interactions.context import Services
@@ -28,7 +29,8 @@ def build_services(settings: Settings) -> Services:
     repo = open_repository(settings.data_dir, settings.database)
     validator = Validator.default() if settings.validate_writes else None
     live = LiveParams(repo)  # R4 plus the stored custom SearchParameters, reloaded when they change
-    return Services(repo, live.registry(), validator, settings, live)
+    # every write transaction appends its outbox events (samverka.events); a local commit wakes the worker
+    return events.wrap(Services(repo, live.registry(), validator, settings, live), events.Wakeup())
 
 
 def settings_to_env(settings: Settings) -> str:
@@ -46,7 +48,7 @@ def app_from_env() -> Starlette:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     svc = build_services(settings_from_env())
     reindex.resume_in_background(svc)  # a reindex whose runner died continues here
-    app = create_app(svc)
+    app = create_app(svc, deliver=True)  # one worker per process; a database lease picks who delivers
     release_startup_memory()
     return app
 

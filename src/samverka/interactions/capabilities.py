@@ -5,6 +5,7 @@ It states exactly what this server does, built from the same registries the hand
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -22,8 +23,12 @@ _SEARCHABLE = {"string", "token", "reference", "date", "number", "quantity", "ur
 _READ_ONLY = {"AuditEvent": ("read", "search-type")}
 
 
+_BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+
+
 def capability_statement(registry: Registry, base: str, formats: tuple[str, ...],
-                         auth: bool = True) -> dict[str, Any]:
+                         auth: bool = True, topics: Sequence[str] = ()) -> dict[str, Any]:
+    """`topics`: the SubscriptionTopic canonical URLs Subscriptions may name (samverka.events)."""
     statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -43,6 +48,8 @@ def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]
                            "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
         }],
     }
+    if topics:
+        _subscriptions(statement, topics)
     if auth:  # https://hl7.org/fhir/smart-app-launch/conformance.html
         origin = base.removesuffix("/fhir")
         statement["rest"][0]["security"] = {
@@ -58,6 +65,23 @@ def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]
                            f"(see {base}/.well-known/smart-configuration)",
         }
     return statement
+
+
+def _subscriptions(statement: dict[str, Any], topics: Sequence[str]) -> None:
+    """Topic-based subscriptions, https://hl7.org/fhir/uv/subscriptions-backport/components.html#capabilitystatement"""
+    statement["instantiates"] = [f"{_BACKPORT}/CapabilityStatement/backport-subscription-server-r4"]
+    statement["implementationGuide"] = [f"{_BACKPORT}/ImplementationGuide/hl7.fhir.uv.subscriptions-backport"]
+    for res in statement["rest"][0]["resource"]:
+        if res["type"] != "Subscription":
+            continue
+        res["extension"] = [{"url": f"{_BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical",
+                             "valueCanonical": url} for url in topics]
+        res["supportedProfile"] = [f"{_BACKPORT}/StructureDefinition/backport-subscription"]
+        res["operation"] = [*res.get("operation", []),
+                            {"name": "status",
+                             "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-status"},
+                            {"name": "events",
+                             "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-events"}]
 
 
 @cache

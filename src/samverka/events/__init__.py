@@ -1,0 +1,96 @@
+"""Topic-based subscriptions from a transactional outbox (FHIR Subscriptions R5 Backport IG for R4).
+
+https://hl7.org/fhir/uv/subscriptions-backport/. The pieces, in the order an event travels:
+- `outbox`: `Outboxing` wraps the repository; every write transaction appends its `event_outbox` rows
+  before it commits (and keeps `event_subscription` in step with Subscription resources);
+- `topics`: the shipped SubscriptionTopics (canonical URLs, resource triggers, criteria, filters);
+- `subscriptions`: reading and checking a backport Subscription;
+- `dispatch`: outbox rows → numbered events per subscription (triggers, then filters, via `matching`);
+- `delivery`: the rest-hook worker (lease, handshake, notifications, retries, heartbeats);
+- `notify`: the notification Bundles; `status` ($status) and `replay` ($events).
+
+`Events` is what the API layer holds (one per process). This package imports interactions, search,
+store and auth, never api or cli.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..auth.access import Access
+from ..interactions.context import Result, Services
+from . import replay, status, topics
+from .delivery import Worker, base_url, focus_body
+from .matching import Scratch
+from .notify import Event
+from .outbox import Outboxing, Owner, Wakeup
+
+__all__ = ["Events", "Outboxing", "Owner", "Wakeup", "topics", "wrap"]
+
+
+def wrap(svc: Services, wakeup: Wakeup | None = None) -> Services:
+    """The services with an outbox on every write transaction (done once, when the services are built)."""
+    if isinstance(svc.repo, Outboxing):
+        return svc
+    return dataclasses.replace(svc, repo=Outboxing(svc.repo, svc.searchable, on_commit=wakeup))
+
+
+def owner_of(access: Access | None) -> Owner | None:
+    if access is None:
+        return None
+    return Owner(access.client_id, access.scope, access.patient)
+
+
+class Events:
+    """One process's view: per-request services that record the owner, the worker, the operations."""
+
+    def __init__(self, svc: Services, wakeup: Wakeup | None = None) -> None:
+        self.svc = svc
+        self.wakeup = wakeup
+        self.worker: Worker | None = None
+        self._scratch: Scratch | None = None
+
+    def services(self, svc: Services, access: Access | None) -> Services:
+        """The request's services: Subscriptions it creates belong to the token's client."""
+        repo = svc.repo
+        if isinstance(repo, Outboxing) and access is not None:
+            return dataclasses.replace(svc, repo=repo.owned_by(owner_of(access)))
+        return svc
+
+    def start(self) -> None:
+        """Start this process's delivery worker (call from the running event loop)."""
+        self.worker = Worker(self.svc, self.wakeup)
+        self.worker.start()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        if self._scratch is not None:
+            self._scratch.close()
+
+    def status(self, base: str, sub_id: str) -> Result:
+        return status.status(self.svc.repo, base, sub_id)
+
+    def events(self, base: str, sub_id: str, params: dict[str, str], access: Access | None) -> Result:
+        if self._scratch is None:
+            self._scratch = Scratch(self.svc.searchable)
+        scratch = self._scratch
+        reader = owner_of(access)
+
+        def body_of(e: Event) -> bytes | None:
+            return focus_body(self.svc, scratch, reader, e)
+
+        return replay.events(self.svc.repo, base, sub_id, params, body_of)
+
+    def base(self) -> str:
+        return base_url(self.svc)
+
+    def topic_urls(self) -> list[str]:
+        return [t.url for t in topics.TOPICS]
+
+    def __repr__(self) -> str:
+        return f"Events(worker={self.worker!r})"
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [topics.subscription_topic(t) for t in topics.TOPICS]

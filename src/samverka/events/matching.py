@@ -1,0 +1,106 @@
+"""Search semantics against one resource version: query criteria, filters and the subscriber's access.
+
+A topic's query criteria and a Subscription's `backport-filter-criteria` are FHIR search queries
+(https://hl7.org/fhir/uv/subscriptions-backport/components.html#filters) that must hold for the
+version the event is about, not for whatever version is current when the event is delivered (and a
+deleted resource has no index rows at all). `Scratch` therefore writes that one version, with the
+index rows the real write path extracts, into a private SQLite store inside a transaction, runs the
+real search engine there (`search.plan`), and rolls back: exactly the server's search semantics,
+applied to exactly one version. Chains and `_has` (which need other resources) are refused when the
+Subscription is created. The subscriber's access is checked the same way: `auth.access.Access.require`
+looks up the compartment of the version in the scratch store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from ..auth.access import Access, Need
+from ..errors import FhirError
+from ..fhir.instant import now_us
+from ..search.extract import extract, patient_compartment
+from ..search.params import Registry
+from ..search.plan import build, page
+from ..search.query import parse
+from ..store import UnitOfWork, Write
+from ..store.sqlite import SqliteRepository
+from .outbox import Owner
+
+
+class _Rollback(Exception):
+    """Ends a scratch transaction: nothing written there is ever kept."""
+
+
+@dataclass
+class Loaded:
+    """One version written into an open scratch transaction."""
+
+    uow: UnitOfWork
+    registry: Registry
+    type: str
+    id: str
+
+    def matches(self, query: str) -> bool:
+        """Does the version match the search query ("Type?a=b" or "a=b" for its own type)?"""
+        type_, sep, text = query.partition("?")
+        if not sep:
+            type_, text = self.type, query
+        if type_ != self.type:
+            return False
+        return self._hit(parse_qsl(text, keep_blank_values=True), ())
+
+    def _hit(self, pairs: list[tuple[str, str]], filters: Sequence[tuple[str, Sequence[Any]]]) -> bool:
+        q = parse(self.registry, self.type, [*pairs, ("_id", self.id)])
+        if q.unknown:
+            return False
+        return bool(page(self.uow, build(self.uow, self.registry, q, filters), 1, None).versions)
+
+    def readable(self, owner: Owner) -> bool:
+        """Could the owner's token read this version (type scopes, and the compartment for patient/)?"""
+        access = Access.from_claims({"client_id": owner.client_id, "scope": owner.scope,
+                                     "patient": owner.patient})
+        try:
+            access.require(Need("r", self.type, self.id), self.uow)
+        except FhirError:
+            return False
+        return True
+
+
+class Scratch:
+    """A private SQLite store that holds at most one resource version, inside a rolled-back transaction."""
+
+    def __init__(self, registry: Callable[[], Registry], folder: Path | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="samverka-events-") if folder is None else None
+        where = Path(self._tmp.name) if self._tmp is not None else folder
+        assert where is not None
+        self.registry = registry
+        self.repo = SqliteRepository(where / "scratch.sqlite")
+
+    @contextmanager
+    def loaded(self, resource: dict[str, Any]) -> Iterator[Loaded]:
+        """`resource` written into the scratch store for the duration of the block."""
+        registry = self.registry()
+        type_, id_ = str(resource["resourceType"]), str(resource.get("id") or "x")
+        data = orjson.dumps(resource)
+        ts = now_us()
+        try:
+            with self.repo.transaction() as uow:
+                uow.write(Write(type_, id_, 1, "", ts, "PUT", data, extract(resource, registry),
+                                patient_compartment(resource, registry)))
+                yield Loaded(uow, registry, type_, id_)
+                raise _Rollback
+        except _Rollback:
+            pass
+
+    def close(self) -> None:
+        self.repo.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
