@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from support.server import free_port
+from support.server import RunningServer, free_port
 
 EXT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 TOPIC = "https://samverka.se/fhir/SubscriptionTopic/"
@@ -157,6 +157,22 @@ def lab_result(patient: str, code: str = "2345-7") -> dict[str, Any]:
     return {"resourceType": "Observation", "status": "final", "category": [LAB],
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
             "subject": {"reference": f"Patient/{patient}"}}
+
+
+def subscribe(server: RunningServer, receiver: Receiver, topic: str, **kw: Any) -> str:
+    """POST a Subscription and wait for its handshake; its id."""
+    r = server.client.post("/Subscription", json=subscription(topic, receiver.url, **kw))
+    assert r.status_code == 201, r.text
+    sub_id = str(r.json()["id"])
+    receiver.wait(lambda: bool(receiver.of(sub_id, "handshake")), what="the handshake")
+    return sub_id
+
+
+def create(server: RunningServer, resource: dict[str, Any]) -> dict[str, Any]:
+    r = server.client.post(f"/{resource['resourceType']}", json=resource)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
 
 
 def fixture(name: str) -> dict[str, Any]:

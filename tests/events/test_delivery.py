@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from eventkit import Receiver, encounter, lab_result, subscription
+from eventkit import Receiver, create, encounter, lab_result, subscribe, subscription
 
 from support.server import RunningServer, expect_outcome
 
 
-def _subscribe(server: RunningServer, receiver: Receiver, topic: str, **kw: Any) -> str:
-    r = server.client.post("/Subscription", json=subscription(topic, receiver.url, **kw))
-    assert r.status_code == 201, r.text
-    sub_id = str(r.json()["id"])
-    receiver.wait(lambda: bool(receiver.of(sub_id, "handshake")), what="the handshake")
-    return sub_id
-
-
-def _create(server: RunningServer, resource: dict[str, Any]) -> dict[str, Any]:
-    r = server.client.post(f"/{resource['resourceType']}", json=resource)
-    assert r.status_code == 201, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 def test_handshake_then_subscription_becomes_active(server: RunningServer, receiver: Receiver) -> None:
     """A new Subscription gets a handshake bundle (status requested, 0 events), then reads as active."""
-    sub_id = _subscribe(server, receiver, "encounter-start-end", headers=["X-Module-Key: secret-1"])
+    sub_id = subscribe(server, receiver, "encounter-start-end", headers=["X-Module-Key: secret-1"])
     hs = receiver.of(sub_id, "handshake")[0]
     assert hs.status["status"] == "requested"
     assert hs.status["events-since-subscription-start"] == "0"
@@ -38,15 +21,15 @@ def test_handshake_then_subscription_becomes_active(server: RunningServer, recei
 
 def test_notifications_arrive_in_order_with_numbers(server: RunningServer, receiver: Receiver) -> None:
     """Encounters that start and end produce events 1..n in commit order; other changes none."""
-    sub_id = _subscribe(server, receiver, "encounter-start-end", max_count=1)
+    sub_id = subscribe(server, receiver, "encounter-start-end", max_count=1)
     ids = []
     for _ in range(3):
-        enc = _create(server, encounter("p-order", "in-progress"))  # starts: an event
+        enc = create(server, encounter("p-order", "in-progress"))  # starts: an event
         ids.append(enc["id"])
         enc["status"] = "finished"
         assert server.client.put(f"/Encounter/{enc['id']}", json=enc).status_code == 200  # ends: an event
         ids.append(enc["id"])
-    _create(server, encounter("p-order", "planned"))  # neither: no event
+    create(server, encounter("p-order", "planned"))  # neither: no event
     got = receiver.events(sub_id, 6)
     numbers = [n for r in got for n in r.numbers]
     assert numbers == [1, 2, 3, 4, 5, 6]
@@ -58,9 +41,9 @@ def test_notifications_arrive_in_order_with_numbers(server: RunningServer, recei
 
 def test_payload_kinds(server: RunningServer, receiver: Receiver) -> None:
     """empty: status only; id-only: a focus entry without resource; full-resource: the version itself."""
-    subs = {kind: _subscribe(server, receiver, "lab-result", payload=kind, filter_="Observation?patient=Patient/p-pay")
+    subs = {kind: subscribe(server, receiver, "lab-result", payload=kind, filter_="Observation?patient=Patient/p-pay")
             for kind in ("empty", "id-only", "full-resource")}
-    obs = _create(server, lab_result("p-pay"))
+    obs = create(server, lab_result("p-pay"))
     for kind, sub_id in subs.items():
         [note] = receiver.events(sub_id, 1)
         entries = note.body["entry"]
@@ -79,13 +62,13 @@ def test_payload_kinds(server: RunningServer, receiver: Receiver) -> None:
 
 def test_filter_criteria_select_events(server: RunningServer, receiver: Receiver) -> None:
     """Only lab results of the filtered patient; other categories never trigger the lab topic."""
-    sub_id = _subscribe(server, receiver, "lab-result", filter_="Observation?patient=Patient/p-filter")
-    _create(server, lab_result("someone-else"))
+    sub_id = subscribe(server, receiver, "lab-result", filter_="Observation?patient=Patient/p-filter")
+    create(server, lab_result("someone-else"))
     vital = lab_result("p-filter")
     vital["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                        "code": "vital-signs"}]}]
-    _create(server, vital)
-    mine = _create(server, lab_result("p-filter"))
+    create(server, vital)
+    mine = create(server, lab_result("p-filter"))
     [note] = receiver.events(sub_id, 1)
     assert note.status["notification-event"][0]["focus"]["reference"].endswith(mine["id"])
     assert server.client.get(f"/Subscription/{sub_id}/$status").json()["entry"][0]["resource"]["parameter"][4][
