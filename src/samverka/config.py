@@ -32,6 +32,11 @@ class Settings:
     event_backoff: float = 1.0
     event_backoff_max: float = 300.0
     event_retry_period: float = 24 * 3600.0
+    # Patientdatalagen (auth.pdl): how long a finished encounter keeps a care relationship, and how long
+    # an emergency access (nödåtkomst) lasts by default and at most
+    care_relationship_days: int = 30
+    emergency_access_hours: int = 4
+    emergency_access_max_hours: int = 24
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trusted_issuers", tuple(self.trusted_issuers))  # JSON gives back a list

@@ -206,7 +206,9 @@ def launch_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             assert fhir.put("/Patient/pat-1", json=patient).status_code in (200, 201)
             encounter = {"resourceType": "Encounter", "id": "enc-1", "status": "in-progress",
                          "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                         "subject": {"reference": "Patient/pat-1"}}
+                         "subject": {"reference": "Patient/pat-1"},
+                         # a care relationship with DOCTOR's unit (Patientdatalagen, auth.pdl)
+                         "serviceProvider": {"reference": f"Organization/{DOCTOR.unit_id}"}}
             assert fhir.put("/Encounter/enc-1", json=encounter).status_code in (200, 201)
         for hsa in (DOCTOR.id, TWO_UNITS.id):
             r = _cli_stdin(auth, PASSWORD + "\n", "user", "add", "--hsa-id", hsa, "--password-stdin")

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from .. import audit, events
 from ..audit import query as audit_query
+from ..auth import emergency_access, lift_block, pdl_identity
 from ..auth.access import PUBLIC, Access, required
 from ..auth.endpoints import AuthServer
 from ..errors import Category, FhirError, invalid
@@ -93,6 +94,7 @@ class FhirApi:
             return None
         access = self.auth.access(request)
         request.state.access = access  # known even when refused below, for the audit record
+        access.attach_pdl(self.svc)  # a user's token: Patientdatalagen (auth.pdl)
         if need is not None:
             access.require(need, self.svc.repo)
             if need.perm == "s":
@@ -114,6 +116,9 @@ class FhirApi:
             svc = access.services(self.svc) if access is not None else self.svc
             svc = self.events.services(svc, access)  # Subscriptions it creates belong to the token's client
             result = await self._route(request, prefer, self.audit.services(svc, who), access, parts, pairs)
+            if access is not None and access.is_user:
+                result = pdl_identity.redact(result, self.svc.repo, access.practitioner_role)
+                who = audit.who_from_access(access, address)  # an emergency access just granted: ETREAT
         except Exception as exc:
             refused = getattr(request.state, "access", None)
             if refused is not None and who.client_id is None:
@@ -254,6 +259,10 @@ class FhirApi:
                 return patch.patch(svc, type_, id_, await self._body(request, True), h.get("if-match"))
         elif n == 3 and parts[2] == "_history" and method in ("GET", "HEAD"):
             return history.history(svc, base, parts[0], parts[1], pairs)
+        elif n == 3 and parts[0] == "Patient" and parts[2] == "$emergency-access" and method == "POST":
+            return emergency_access.emergency_access(svc, access, parts[1], await self._body(request))
+        elif n == 3 and parts[0] == "Patient" and parts[2] == "$lift-block" and method == "POST":
+            return lift_block.lift_block(svc, access, parts[1], await self._body(request))
         elif n == 3 and parts[0] == "Subscription" and parts[2] == "$status" and method in ("GET", "HEAD"):
             return self.events.status(base, parts[1])
         elif n == 3 and parts[0] == "Subscription" and parts[2] == "$events" and method in ("GET", "HEAD"):

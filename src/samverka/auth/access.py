@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..errors import Category, FhirError, Issue, to_outcome
 from ..interactions import batch
 from ..interactions.context import Result, Services
-from . import scopes
+from . import pdl, scopes
 
 Filter = tuple[str, Sequence[Any]]
 PUBLIC = "public"
@@ -32,6 +32,7 @@ class Need:
     perm: str
     type: str
     id: str | None = None
+    kind: str = ""  # "history" for a history interaction (PDL refuses it across patients)
 
 
 def forbidden(message: str, expression: str | None = None) -> FhirError:
@@ -58,17 +59,17 @@ def required(method: str, parts: Sequence[str]) -> Need | None:
     if head in ("$reindex", "$reindex-status") or (n == 3 and parts[2] == "$reindex"):
         return Need("r" if head == "$reindex-status" else "u", "SearchParameter")
     if head == "_history":
-        return Need("r", "*")
+        return Need("r", "*", kind="history")
     if n == 1:
         return Need({"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}.get(method, "s"), head)
     if n == 2 and parts[1] == "_search":
         return Need("s", head)
     if n == 2 and parts[1] == "_history":
-        return Need("r", head)
+        return Need("r", head, kind="history")
     if n == 2:
         return Need({"PUT": "u", "PATCH": "u", "DELETE": "d"}.get(method, "r"), head, parts[1])
     if n == 3 and parts[2] == "_history":
-        return Need("r", head, parts[1])
+        return Need("r", head, parts[1], "history")
     if n == 3 and head == "Subscription" and parts[2] in ("$status", "$events"):  # samverka.events
         return Need("r", head, parts[1])
     if n == 3 and read_like:  # a compartment search: Patient/123/Observation
@@ -101,6 +102,8 @@ class Access:
     care_unit_name: str | None = None
     care_provider: str | None = None  # the care provider's HSA-id (vårdgivare)
     assignment_purpose: str | None = None  # code from sweden.codes.ASSIGNMENT_PURPOSE_SYSTEM
+    policy: pdl.Policy | None = None  # a user's Patientdatalagen policy, built per request by `attach_pdl`
+    emergency_patients: frozenset[str] = frozenset()  # under emergency access: audited with ETREAT
 
     @property
     def is_user(self) -> bool:
@@ -135,10 +138,27 @@ class Access:
                 found = "patient"
         return found
 
+    def attach_pdl(self, svc: Services) -> None:
+        """A user's token is subject to Patientdatalagen: build this request's policy (auth.pdl)."""
+        if self.is_user:
+            self.policy = pdl.Policy.build(svc.repo, svc.searchable(), self, svc.settings.care_relationship_days)
+            self.emergency_patients = self.policy.emergency
+
     def require(self, need: Need, repo: Any = None, expression: str | None = None) -> None:
-        """Raise 403 unless the grants allow `need` (checking a named instance's compartment)."""
+        """Raise 403 unless the grants allow `need` (checking a named instance's compartment), and, for a
+        user, unless Patientdatalagen allows it (`auth.pdl`)."""
         if need.perm == PUBLIC:
             return
+        self._require_scope(need, repo, expression)
+        if self.policy is None:
+            return
+        if need.kind == "history" and need.id is None and (need.type == "*" or need.type in pdl.patient_types()):
+            raise pdl.denied("PDL: history across patients is not available to users; read the history of one "
+                             "resource instead", expression)
+        if need.id is not None and repo is not None:
+            self.policy.check(repo, need.type, need.id, expression)
+
+    def _require_scope(self, need: Need, repo: Any, expression: str | None) -> None:
         if need.type == "*":
             if need.perm == "s" and any(need.perm in g.perms for g in self.grants):
                 return  # a system-level search is narrowed by search_filters
@@ -160,6 +180,11 @@ class Access:
                 raise forbidden(f"{need.type}/{need.id} is outside the patient compartment of this token", expression)
 
     def search_filters(self) -> tuple[Filter, ...]:
+        """Conditions on `r`: what the scopes allow, and what Patientdatalagen allows a user (auth.pdl)."""
+        own = self._scope_filters()
+        return own if self.policy is None else (*own, self.policy.search_filter())
+
+    def _scope_filters(self) -> tuple[Filter, ...]:
         """One condition on `r`: the types this token may search (and, for patient grants, the compartment)."""
         all_types: set[str] = set()
         patient_types: set[str] = set()
@@ -192,6 +217,9 @@ class Access:
     def services(self, svc: Services) -> Services:
         """The request's view of the services: every search it runs carries this token's filters."""
         filters = self.search_filters()
+        withheld = self.policy.withheld_filter() if self.policy is not None else None
+        if withheld is not None:
+            svc = dataclasses.replace(svc, withheld_filters=(*self._scope_filters(), withheld))
         return dataclasses.replace(svc, access_filters=filters) if filters else svc
 
     def check_search(self, pairs: Sequence[tuple[str, str]]) -> None:

@@ -28,6 +28,9 @@ class Services:
     # conditions on the resources row `r` that every search, include and count of this request applies:
     # the access policy of the request's token (`samverka.auth.access`), empty when unrestricted
     access_filters: tuple[tuple[str, Sequence[Any]], ...] = ()
+    # when set, the filters that select what the policy withholds (a spärr): a search that would match
+    # such rows says so in an OperationOutcome entry, without showing them
+    withheld_filters: tuple[tuple[str, Sequence[Any]], ...] = ()
 
     def searchable(self, force: bool = False) -> Registry:
         """The registry, first reloaded if the custom SearchParameters changed (search.custom)."""

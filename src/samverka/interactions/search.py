@@ -68,6 +68,11 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
     issues = [{"severity": "warning", "code": "not-supported",
                "diagnostics": f"ignored unknown or unsupported search parameter {name!r}", "expression": [name]}
               for name in query.unknown]
+    if svc.withheld_filters and plan.page(svc.repo, plan.build(svc.repo, svc.registry, query, svc.withheld_filters),
+                                          1, None).versions:
+        issues.append({"severity": "information", "code": "suppressed",
+                       "diagnostics": "information matching this search exists that is blocked (spärr) for you; "
+                                      "it is not shown"})
     if _last(query.result, "_explain", "false") == "true":
         issues.append({"severity": "information", "code": "informational",
                        "diagnostics": orjson.dumps(plan.explain(svc.repo, svc.repo.dialect, p, count)).decode()})

@@ -1,0 +1,237 @@
+"""Patientdatalagen (2008:355) for users' tokens: care relationship, spärr, consent and emergency access.
+
+Issue 4; the rules are in shared/docs/sweden.md and docs/architecture.md ("PDL access rules"). A
+`Policy` is built per request for a token that names a user and an assignment (`Access.is_user`);
+backend services and patient apps are not subject to it. It reads everything fresh (the user's care
+unit and provider Organizations, the Consents in force, the user's emergency grants and lifts), so
+nothing goes stale between requests. It gives:
+- `search_filter`: one SQL condition on the resources row `r` that `search.plan` and
+  `search.include` apply inside their queries, so paging, `_total` and includes see only what the
+  user may see. Resources outside every patient compartment (`r.compartment IS NULL`) stay visible.
+- `withheld_filter`: the rows the user would see but for a spärr (for the "blocked information
+  exists" notice of a search);
+- `check`: the instance check of read, vread, instance history, update, patch and delete (403 with
+  the reason).
+
+"Recorded at" (whose information a resource is): an Encounter at its `serviceProvider`; an
+EpisodeOfCare at its `managingOrganization`; any other resource at the `serviceProvider` of the
+Encounter it names through a reference parameter called `encounter` or `context`. A resource with
+none of these is the accessing provider's own information (it can be blocked by no one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+from ..errors import Category, FhirError, Issue
+from ..fhir.definitions import compartment_definition
+from ..fhir.instant import now_us
+from ..search.engine import matching_ids
+from ..search.params import Registry
+from ..search.query import parse
+from ..search.sql import exists_sql
+from ..store import Repository
+from ..store.hashing import h64
+from . import pdl_grants
+from .pdl_consent import PatientConsent, active_consents
+
+Filter = tuple[str, Sequence[Any]]
+OPEN_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave"
+_DEPTH = 7  # alias suffix of the subqueries here, apart from the outer query's x0, t1, ...
+
+
+def denied(message: str, expression: str | None = None, code: str = "forbidden") -> FhirError:
+    return FhirError(Category.FORBIDDEN, [Issue("error", code, message, expression)])
+
+
+def patient_types() -> frozenset[str]:
+    """The types of the R4 Patient compartment, and Patient."""
+    return frozenset([*_types(), "Patient"])
+
+
+def _org_ids(repo: Repository, registry: Registry, pairs: list[tuple[str, str]]) -> list[str]:
+    return matching_ids(repo, registry, parse(registry, "Organization", pairs), 1000)
+
+
+def _refs(ids: Sequence[str]) -> list[int]:
+    return [h64(f"Organization/{i}") for i in ids]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+@dataclass
+class Policy:
+    """What one user, under one assignment, may see of patient data right now."""
+
+    user: str
+    care_unit: str | None
+    unit_orgs: list[str]  # Organization ids of the user's care unit
+    provider_orgs: list[str]  # the care provider's Organization and every unit under it
+    relationship: Filter  # SQL yielding the patients in a care relationship with the unit / the user
+    emergency: frozenset[str]
+    lifted: frozenset[str]
+    blocks: list[PatientConsent]  # spärrar the user is outside of and has not lifted
+    permitted: frozenset[str]  # patients whose consent lets this unit / provider read other providers' data
+    registry: Registry
+    notes: list[str] = field(default_factory=list)
+
+    # ----- building -----
+
+    @classmethod
+    def build(cls, repo: Repository, registry: Registry, access: Any, care_relationship_days: int) -> Policy:
+        assert access.user_hsa_id is not None
+        unit_orgs = _org_ids(repo, registry, [("identifier", access.care_unit)]) if access.care_unit else []
+        provider = _org_ids(repo, registry, [("identifier", access.care_provider)]) if access.care_provider else []
+        provider_orgs = list(dict.fromkeys([*provider, *unit_orgs, *(
+            _org_ids(repo, registry, [("partof", ",".join(f"Organization/{p}" for p in provider))])
+            if provider else [])]))
+        grants = pdl_grants.current(repo, access.user_hsa_id)
+        mine = set(provider) | set(unit_orgs)  # a consent names the provider (all its units) or one unit
+        blocks: list[PatientConsent] = []
+        permitted: set[str] = set()
+        for c in active_consents(repo, registry, now_us()):
+            if c.kind == "permit":
+                if c.orgs & mine:
+                    permitted.add(c.patient)
+                continue
+            blocked = set(c.orgs) | set(_org_ids(repo, registry, [
+                ("partof", ",".join(f"Organization/{o}" for o in sorted(c.orgs)))]))
+            if blocked & set(unit_orgs) or c.patient in grants.lifted:
+                continue  # the user works inside the blocked unit / provider, or lifted the block
+            blocks.append(PatientConsent(c.id, c.patient, c.kind, frozenset(blocked)))
+        relationship = _relationship(registry, unit_orgs, access, care_relationship_days)
+        return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
+                   grants.emergency, grants.lifted, blocks, frozenset(permitted), registry)
+
+    # ----- "recorded at" -----
+
+    def _recorded(self, cond: str, values: Sequence[Any]) -> Filter:
+        """Rows recorded at an organisation whose reference hash satisfies `y.ref {cond}` (see the docstring)."""
+        reg = self.registry
+        sp = reg.get("Encounter", "service-provider")
+        eoc = reg.get("EpisodeOfCare", "organization")
+        assert sp is not None and eoc is not None
+        links = sorted({p.id for t in _types() for p in reg.for_type(t)
+                        if p.type == "reference" and p.code in ("encounter", "context") and t != "Encounter"})
+        z = cond.replace("y.ref", "z.ref")
+        sql = (f"((r.type = 'Encounter' AND EXISTS (SELECT 1 FROM idx_reference y WHERE y.res = r.pk AND y.param = ?"
+               f" AND {cond})) OR (r.type = 'EpisodeOfCare' AND EXISTS (SELECT 1 FROM idx_reference y"
+               f" WHERE y.res = r.pk AND y.param = ? AND {cond})) OR EXISTS (SELECT 1 FROM idx_reference w"
+               f" JOIN resources e ON e.ref = w.ref WHERE w.res = r.pk AND w.param IN ({_marks(links)})"
+               f" AND e.type = 'Encounter' AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z"
+               f" WHERE z.res = e.pk AND z.param = ? AND {z})))")
+        return sql, [sp.id, *values, eoc.id, *values, *links, sp.id, *values]
+
+    def _blocked(self) -> Filter:
+        """Rows hidden by a spärr: the patient's information recorded at a blocked unit or provider."""
+        parts, params = [], []
+        for b in self.blocks:
+            refs = _refs(sorted(b.orgs))
+            cond, ps = self._recorded(f"y.ref IN ({_marks(refs)})", refs)
+            parts.append(f"(r.compartment = ? AND {cond})")
+            params += [b.patient, *ps]
+        return (" OR ".join(parts), params) if parts else ("", [])
+
+    def _other_provider(self) -> Filter:
+        """Rows recorded by another care provider without the patient's consent or an emergency access."""
+        refs = _refs(self.provider_orgs)
+        cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs)
+        allowed = sorted(self.permitted | self.emergency)
+        if allowed:
+            return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]
+        return cond, ps
+
+    def _reachable(self) -> Filter:
+        """The patients the user may reach at all: a care relationship or an emergency access."""
+        sql, ps = self.relationship
+        em = sorted(self.emergency)
+        if em:
+            return f"(r.compartment IN ({sql}) OR r.compartment IN ({_marks(em)}))", [*ps, *em]
+        return f"r.compartment IN ({sql})", ps
+
+    # ----- what the request layer uses -----
+
+    def search_filter(self) -> Filter:
+        reach, ps = self._reachable()
+        other, ops = self._other_provider()
+        sql = f"(r.compartment IS NULL OR ({reach} AND NOT {other}"
+        params = [*ps, *ops]
+        blocked, bps = self._blocked()
+        if blocked:
+            sql += f" AND NOT ({blocked})"
+            params += bps
+        return sql + "))", params
+
+    def withheld_filter(self) -> Filter | None:
+        """Rows the user would see but for a spärr; None when no spärr concerns the user."""
+        blocked, bps = self._blocked()
+        if not blocked:
+            return None
+        reach, ps = self._reachable()
+        return f"(r.compartment IS NOT NULL AND {reach} AND ({blocked}))", [*ps, *bps]
+
+    def check(self, repo: Repository, type_: str, id_: str, expression: str | None = None) -> None:
+        """403 with the reason unless the user may see `type_/id_` (unknown resources pass: 404 later)."""
+        reach, ps = self._reachable()
+        other, ops = self._other_provider()
+        blocked, bps = self._blocked()
+        cols = f"r.compartment, CASE WHEN {reach} THEN 1 ELSE 0 END, CASE WHEN {other} THEN 1 ELSE 0 END"
+        params: list[Any] = [*ps, *ops]
+        if blocked:
+            cols += f", CASE WHEN {blocked} THEN 1 ELSE 0 END"
+            params += bps
+        rows = repo.fetch(f"SELECT {cols} FROM resources r WHERE r.type = ? AND r.id = ?", [*params, type_, id_])
+        if not rows or rows[0][0] is None:
+            return
+        patient, reachable, other_provider = rows[0][0], rows[0][1], rows[0][2]
+        if not reachable:
+            raise denied(f"PDL: Patient/{patient} has no care relationship with care unit {self.care_unit} "
+                         "(no current encounter or episode of care there, and no care team of yours); "
+                         f"in an emergency use POST Patient/{patient}/$emergency-access", expression)
+        if blocked and rows[0][3]:
+            raise denied(f"PDL: {type_}/{id_} is blocked (spärr) by Patient/{patient} for care unit "
+                         f"{self.care_unit}; it can be lifted for at most 7 days with the patient's consent "
+                         f"or in an emergency (POST Patient/{patient}/$lift-block)", expression, "suppressed")
+        if other_provider:
+            raise denied(f"PDL: {type_}/{id_} was recorded by another care provider; reading it needs "
+                         f"Patient/{patient}'s consent (sammanhållen journalföring) or an emergency access", expression)
+
+
+@cache
+def _types() -> tuple[str, ...]:
+    return tuple(r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param"))
+
+
+def _relationship(registry: Registry, unit_orgs: list[str], access: Any, days: int) -> Filter:
+    """SQL selecting the patients with a care relationship to the user's unit (or to the user)."""
+    cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    queries: list[tuple[str, list[tuple[str, str]]]] = []
+    if unit_orgs:
+        orgs = ",".join(f"Organization/{o}" for o in unit_orgs)
+        for where in ("service-provider", "location:Location.organization"):
+            queries.append(("Encounter", [(where, orgs), ("status", OPEN_ENCOUNTER)]))
+            queries.append(("Encounter", [(where, orgs), ("status", "finished"), ("date", f"ge{cutoff}")]))
+        queries.append(("EpisodeOfCare", [("organization", orgs), ("status", "active")]))
+    members = [m for m in (access.fhir_user, access.practitioner_role) if m]
+    if members:
+        queries.append(("CareTeam", [("participant", ",".join(members)), ("status", "active")]))
+    parts, params = [], []
+    for type_, pairs in queries:
+        query = parse(registry, type_, pairs)
+        assert not query.unknown, query.unknown
+        conds = []
+        for node in query.criteria:
+            sql, ps = exists_sql(node, "q", _DEPTH)
+            conds.append(sql)
+            params += ps
+        parts.append("SELECT q.compartment FROM resources q WHERE q.deleted = 0 AND q.compartment IS NOT NULL"
+                     f" AND q.type = '{type_}' AND {' AND '.join(conds)}")
+    if not parts:
+        return "SELECT NULL WHERE 1 = 0", []
+    return " UNION ".join(parts), params
