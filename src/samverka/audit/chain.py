@@ -16,42 +16,87 @@ from typing import Any
 import orjson
 
 from ..store import Repository, UnitOfWork
-from .model import columns
+from .model import Columns, columns
 
 GENESIS = "0" * 64
-_INSERT = ("INSERT INTO audit_log (pos, id, recorded, action, outcome, subtype, purpose, user_id, unit_id,"
-           " provider_id, client_id, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_LOG_COLS = ("pos, id, recorded, action, outcome, subtype, purpose, user_id, unit_id, provider_id, client_id,"
+             " data, prev_hash, hash")
+_CHUNK = 64  # rows per multi-row INSERT: 64 x 14 values stay far below either backend's parameter limit
+
+Head = tuple[int, str]  # (position, hash) of the newest record
+Prepared = tuple[bytes, Columns]  # an AuditEvent's exact JSON and the columns derived from it
 
 
 def link(pos: int, prev_hash: str, data: bytes) -> str:
     """The chain hash of the record at `pos`."""
-    return hashlib.sha256(f"{pos}\n{prev_hash}\n".encode() + data).hexdigest()
+    h = hashlib.sha256(f"{pos}\n{prev_hash}\n".encode())
+    h.update(data)
+    return h.hexdigest()
 
 
 def serialise(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
 
 
+def prepare(event: dict[str, Any]) -> Prepared:
+    """The CPU work of an append, done before (and outside) the head lock."""
+    return serialise(event), columns(event)
+
+
+def _insert(uow: UnitOfWork, table: str, cols: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs: one statement per `_CHUNK` rows rather than one per row."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" for _ in rows[0]) + ")"
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        uow.execute(f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * len(chunk)),
+                    [v for row in chunk for v in row])
+
+
+def _linked(prepared: Sequence[Prepared], head: Head) -> tuple[list[tuple[Any, ...]], Head]:
+    pos, prev = head
+    rows = []
+    for data, c in prepared:
+        pos += 1
+        h = link(pos, prev, data)
+        rows.append((pos, c.id, c.recorded, c.action, c.outcome, c.subtype, c.purpose, c.user_id, c.unit_id,
+                     c.provider_id, c.client_id, data.decode(), prev, h))
+        prev = h
+    return rows, (pos, prev)
+
+
+def append_prepared(uow: UnitOfWork, prepared: Sequence[Prepared], dialect: str, head: Head | None = None) -> Head:
+    """Append prepared records inside the open transaction; returns the new head.
+
+    `head` is the caller's cached idea of the chain head: the records are linked to it and the head row
+    is moved only if it still says exactly that (`UPDATE ... WHERE pos = ? AND hash = ?`, which takes the
+    row lock on PostgreSQL and runs under BEGIN IMMEDIATE on SQLite). If another process appended in
+    between, nothing matched and the records are linked again to the head read under the lock."""
+    moved: Head | None = None
+    if head is not None:
+        rows, new = _linked(prepared, head)
+        if uow.execute("UPDATE audit_head SET pos = ?, hash = ? WHERE one = 1 AND pos = ? AND hash = ? RETURNING pos",
+                       (new[0], new[1], head[0], head[1])):
+            moved = new
+    if moved is None:
+        lock = " FOR UPDATE" if dialect == "postgresql" else ""
+        row = uow.execute(f"SELECT pos, hash FROM audit_head WHERE one = 1{lock}", ())[0]
+        rows, moved = _linked(prepared, (int(row[0]), str(row[1])))
+        uow.execute("UPDATE audit_head SET pos = ?, hash = ? WHERE one = 1", moved)
+    _insert(uow, "audit_log", _LOG_COLS, rows)
+    pairs = list(zip(prepared, rows, strict=True))
+    _insert(uow, "audit_patient", "patient, pos", [(p, r[0]) for (_d, c), r in pairs for p in c.patients])
+    _insert(uow, "audit_entity", "ref, pos", [(ref, r[0]) for (_d, c), r in pairs for ref in c.refs])
+    return moved
+
+
 def append(uow: UnitOfWork, events: Sequence[dict[str, Any]], dialect: str) -> int:
     """Append `events` to the chain inside the open transaction; returns the new head position."""
     if not events:
         return -1
-    prepared = [(serialise(ev), columns(ev)) for ev in events]  # CPU work before the head lock
-    lock = " FOR UPDATE" if dialect == "postgresql" else ""
-    row = uow.execute(f"SELECT pos, hash FROM audit_head WHERE one = 1{lock}", ())[0]
-    pos, prev = int(row[0]), str(row[1])
-    for data, c in prepared:
-        pos += 1
-        h = link(pos, prev, data)
-        uow.execute(_INSERT, (pos, c.id, c.recorded, c.action, c.outcome, c.subtype, c.purpose, c.user_id,
-                              c.unit_id, c.provider_id, c.client_id, data.decode(), prev, h))
-        for p in c.patients:
-            uow.execute("INSERT INTO audit_patient (patient, pos) VALUES (?, ?)", (p, pos))
-        for r in c.refs:
-            uow.execute("INSERT INTO audit_entity (ref, pos) VALUES (?, ?)", (r, pos))
-        prev = h
-    uow.execute("UPDATE audit_head SET pos = ?, hash = ? WHERE one = 1", (pos, prev))
-    return pos
+    prepared = [prepare(ev) for ev in events]  # CPU work before the head lock
+    return append_prepared(uow, prepared, dialect)[0]
 
 
 def write(repo: Repository, events: Sequence[dict[str, Any]]) -> None:

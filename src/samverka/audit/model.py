@@ -199,12 +199,19 @@ class Columns:
     refs: tuple[str, ...]
 
 
-def _agent_value(ev: dict[str, Any], coding: dict[str, str]) -> str | None:
+_AGENT_CODES = (USER_TYPE["code"], UNIT_TYPE["code"], PROVIDER_TYPE["code"], APP_TYPE["code"])
+
+
+def _agent_values(ev: dict[str, Any]) -> list[str | None]:
+    """For each of _AGENT_CODES, the identifier of the first agent of that type (one pass over the agents)."""
+    found: dict[str, str | None] = {}
     for a in ev.get("agent", []):
-        if any(c.get("code") == coding["code"] for c in a.get("type", {}).get("coding", [])):
-            ident = a.get("who", {}).get("identifier")
-            return str(ident["value"]) if ident else None
-    return None
+        for c in a.get("type", {}).get("coding", []):
+            code = c.get("code")
+            if code in _AGENT_CODES and code not in found:
+                ident = a.get("who", {}).get("identifier")
+                found[code] = str(ident["value"]) if ident else None
+    return [found.get(code) for code in _AGENT_CODES]
 
 
 def columns(ev: dict[str, Any]) -> Columns:
@@ -221,6 +228,6 @@ def columns(ev: dict[str, Any]) -> Columns:
         if e.get("role", {}).get("code") == "1" and base.startswith("Patient/"):
             patients.append(base.split("/")[1])
     purpose = ev["purposeOfEvent"][0]["coding"][0]["code"]
+    user, unit, provider, client = _agent_values(ev)
     return Columns(ev["id"], parse_instant(ev["recorded"]), ev["action"], ev["outcome"], ev["subtype"][0]["code"],
-                   purpose, _agent_value(ev, USER_TYPE), _agent_value(ev, UNIT_TYPE), _agent_value(ev, PROVIDER_TYPE),
-                   _agent_value(ev, APP_TYPE), tuple(patients), tuple(refs))
+                   purpose, user, unit, provider, client, tuple(patients), tuple(refs))

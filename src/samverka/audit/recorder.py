@@ -5,15 +5,17 @@ IHE BALP (https://profiles.ihe.net/ITI/BALP/) records for FHIR REST interactions
 - **Writes.** `Auditing` wraps the request's repository: each unit of work remembers what it writes,
   and appends one AuditEvent per action (C, U, D) to the chain inside the same transaction, just
   before it commits. A rolled-back write leaves no success record (the API logs the failure).
-- **Reads.** `GroupCommit` appends the records of every read that finished in the same event-loop
-  turn in one short transaction, and each read's response waits for that commit: durable before the
-  data leaves the server, at the cost of one commit per turn rather than per read.
+- **Reads.** `GroupCommit` appends read records from one committing thread, in one short transaction
+  per batch: everything that arrived while the previous batch committed (at least everything of one
+  event-loop turn). Each read's response waits for the commit of its record: durable before the data
+  leaves the server, at the cost of one commit per batch rather than per read.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -171,14 +173,28 @@ def compartments(repo: Repository, entities: Sequence[Entity]) -> list[str]:
 
 
 class GroupCommit:
-    """Read records of one process, committed together once per event-loop turn (or every `max_batch`)."""
+    """Read records of one process, appended by one committing thread while the event loop goes on.
 
-    def __init__(self, repo: Repository, max_batch: int = 256) -> None:
+    Pipelined group commit: at most one audit transaction is in flight. Records that arrive while it
+    commits wait, and all of them go into the next transaction together, so the batch grows with the
+    load (one commit per event-loop turn when idle, one per commit time when busy) and the loop never
+    blocks on the database write lock, a WAL checkpoint or a PostgreSQL round trip. Every read's
+    response still waits for the commit of its own record. On SQLite the thread has a connection of its
+    own (readers on the loop's connection are never held up by its transaction); the chain head is
+    cached between commits and checked in the same UPDATE that moves it (`chain.append_prepared`).
+    """
+
+    def __init__(self, repo: Repository, max_batch: int = 512) -> None:
         self.repo = repo
         self.max_batch = max_batch
         self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
         self._scheduled = False
+        self._busy = False
+        self._writer: Repository | None = None
+        self._head: chain.Head | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-commit")
         self.commits = 0
+        self.records = 0
 
     async def write(self, events: list[dict[str, Any]]) -> None:
         """Return once `events` are committed; raise if they could not be (the read must then fail)."""
@@ -187,28 +203,77 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.append((events, fut))
-        if len(self._pending) >= self.max_batch:
-            self.flush()
-        elif not self._scheduled:
+        if not self._busy and not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self.flush)
+            loop.call_soon(self._start, loop)  # after the rest of this turn: its reads join the batch
         await fut
 
-    def flush(self) -> None:
-        batch, self._pending, self._scheduled = self._pending, [], False
-        if not batch:
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if self._busy or not self._pending:
             return
+        batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        self._busy = True
+        events = [ev for evs, _f in batch for ev in evs]
         try:
-            chain.write(self.repo, [ev for events, _f in batch for ev in events])
-            self.commits += 1
-        except Exception as exc:  # every waiting read fails rather than answering unaudited
-            for _e, f in batch:
-                if not f.done():
-                    f.set_exception(exc)
+            done = self._pool.submit(self._commit, events)
+        except RuntimeError as exc:  # closed: nothing will commit these, so their reads fail
+            failed: Future[None] = Future()
+            failed.set_exception(exc)
+            self._finish(loop, batch, failed)
             return
+        done.add_done_callback(lambda d: self._wake(loop, batch, d))
+
+    def _wake(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[list[dict[str, Any]], asyncio.Future[None]]],
+              done: Future[None]) -> None:
+        """In the committing thread: hand the outcome back to the event loop (if it still runs)."""
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._finish, loop, batch, done)
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[list[dict[str, Any]],
+                asyncio.Future[None]]], done: Future[None]) -> None:
+        self._busy = False
+        exc = done.exception()
         for _e, f in batch:
-            if not f.done():
+            if f.done():  # the request went away (cancelled); its record is committed all the same
+                continue
+            if exc is None:
                 f.set_result(None)
+            else:  # every waiting read fails rather than answering unaudited
+                f.set_exception(exc)
+        if self._pending:
+            self._start(loop)
+
+    def _commit(self, events: list[dict[str, Any]]) -> None:
+        """In the committing thread: prepare, link and append `events` in one transaction."""
+        prepared = [chain.prepare(ev) for ev in events]
+        repo = self._writer_repo()
+        try:
+            with repo.transaction() as uow:
+                head = chain.append_prepared(uow, prepared, repo.dialect, self._head)
+        except BaseException:
+            self._head = None  # read it again under the lock next time
+            raise
+        self._head = head
+        self.commits += 1
+        self.records += len(events)
+
+    def _writer_repo(self) -> Repository:
+        if self._writer is None:
+            path = getattr(self.repo, "path", None)
+            if self.repo.dialect == "sqlite" and path is not None:
+                from ..store.sqlite import SqliteRepository
+
+                self._writer = SqliteRepository(path)  # its own connection: the loop's stays free for reads
+            else:
+                self._writer = self.repo  # PostgreSQL: a pooled connection per transaction
+        return self._writer
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._writer is not None and self._writer is not self.repo:
+            self._writer.close()
+        self._writer = None
 
 
 def dumps(events: Sequence[dict[str, Any]]) -> bytes:
