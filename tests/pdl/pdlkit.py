@@ -23,6 +23,8 @@ MED_DOCTOR = MEDICIN.doctors[0]  # also holds an assignment at AKUT (loginkit)
 PROVIDER = _REGION.provider_id
 OTHER_PROVIDER = "SE5560000001-E000000000001"  # a private care provider outside the region
 OTHER_UNIT = "SE5560000001-E000000000002"
+RECORDED_AT_UNIT = "https://samverka.se/fhir/CodeSystem/recorded-at-unit"
+RECORDED_AT_PROVIDER = "https://samverka.se/fhir/CodeSystem/recorded-at-provider"
 PERMISSION = {"system": "https://samverka.se/fhir/CodeSystem/pdl-permission", "code": "protected-identity"}
 
 

@@ -23,6 +23,8 @@ from pdlkit import (
     OTHER_UNIT,
     PERMISSION,
     PROVIDER,
+    RECORDED_AT_PROVIDER,
+    RECORDED_AT_UNIT,
     VC,
     Users,
     consent,
@@ -80,6 +82,10 @@ def world(launch_server: LaunchServer) -> Users:
                 address=[{"line": ["Hemliga gatan 1"], "city": "Västerås"}],
                 telecom=[{"system": "phone", "value": "070-1234567"}]),
         encounter("p-enc", "p", VC.id), encounter("p-akut", "p", AKUT.id), observation("p-obs", "p", "p-enc"),
+        # m: related to the doctor's unit; one record imported from another provider, stamped by the loader
+        patient("m"), encounter("m-enc", "m", VC.id),
+        {**observation("m-imported", "m", None), "meta": {"tag": [
+            {"system": RECORDED_AT_PROVIDER, "code": OTHER_PROVIDER}]}},
     ])
     return Users(srv)
 
@@ -284,3 +290,37 @@ def test_protected_identity_is_stripped(doctor: httpx.Client, world: Users, laun
         body = akut.get("/Patient/p").json()
         assert body["address"][0]["line"] == ["Hemliga gatan 1"] and body["telecom"]
 
+
+
+def test_users_writes_are_stamped_with_their_unit_and_provider(doctor: httpx.Client, world: Users) -> None:
+    """What a user records is recorded at their unit: a spärr on that unit hides it; forged stamps are replaced."""
+    forged = {**observation("a-by-doctor", "a", None), "meta": {"tag": [{"system": RECORDED_AT_UNIT,
+                                                                         "code": ORTO.id}]}}
+    r = doctor.put("/Observation/a-by-doctor", json=forged)
+    assert r.status_code == 201, r.text
+    tags = {(t["system"], t["code"]) for t in doctor.get("/Observation/a-by-doctor").json()["meta"]["tag"]}
+    assert tags == {(RECORDED_AT_UNIT, VC.id), (RECORDED_AT_PROVIDER, PROVIDER)}
+    with world.fhir(ORTO_DOCTOR.id, ORTO.id) as orto:  # g has blocked orthopaedics
+        r = orto.put("/Observation/g-by-orto", json=observation("g-by-orto", "g", None))
+        assert r.status_code == 201, r.text
+        assert orto.get("/Observation/g-by-orto").status_code == 200
+    _forbidden(doctor.get("/Observation/g-by-orto"), "blocked (spärr)")
+    assert "Observation/g-by-orto" not in _ids(doctor.get("/Observation", params={"patient": "g"}).json())
+
+
+def test_records_stamped_by_another_provider_need_consent(doctor: httpx.Client) -> None:
+    _forbidden(doctor.get("/Observation/m-imported"), "another care provider")
+    assert doctor.get("/Encounter/m-enc").status_code == 200
+    assert _ids(doctor.get("/Observation", params={"patient": "m"}).json()) == []
+
+
+def test_conditional_interactions_match_only_what_the_user_may_see(doctor: httpx.Client,
+                                                                   launch_server: LaunchServer) -> None:
+    r = doctor.delete("/Observation", params={"_id": "b-obs"})
+    assert r.status_code in (200, 204), r.text
+    r = doctor.delete("/Observation", params={"_id": "g-obs-orto"})
+    assert r.status_code in (200, 204), r.text
+    with launch_server.auth.fhir(launch_server.system_token) as system:
+        assert system.get("/Observation/b-obs").status_code == 200
+        assert system.get("/Observation/g-obs-orto").status_code == 200
+    _forbidden(doctor.delete("/Observation/b-obs"), "no care relationship")

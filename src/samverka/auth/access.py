@@ -217,6 +217,8 @@ class Access:
     def services(self, svc: Services) -> Services:
         """The request's view of the services: every search it runs carries this token's filters."""
         filters = self.search_filters()
+        if self.policy is not None and self.care_unit:
+            svc = dataclasses.replace(svc, recorded_by=(self.care_unit, self.care_provider))
         withheld = self.policy.withheld_filter() if self.policy is not None else None
         if withheld is not None:
             svc = dataclasses.replace(svc, withheld_filters=(*self._scope_filters(), withheld))

@@ -13,10 +13,14 @@ nothing goes stale between requests. It gives:
 - `check`: the instance check of read, vread, instance history, update, patch and delete (403 with
   the reason).
 
-"Recorded at" (whose information a resource is): an Encounter at its `serviceProvider`; an
-EpisodeOfCare at its `managingOrganization`; any other resource at the `serviceProvider` of the
-Encounter it names through a reference parameter called `encounter` or `context`. A resource with
-none of these is the accessing provider's own information (it can be blocked by no one).
+"Recorded at" (whose information a resource is; Patient resources are nobody's): the care unit and
+provider stamped on it when a user wrote it (`meta.tag` RECORDED_AT_UNIT / RECORDED_AT_PROVIDER,
+`interactions.writes.stamp_recorded_by`; a backend service may send these tags itself, for example
+when importing another provider's records); and its own organisation references: an Encounter at its
+`serviceProvider`, an EpisodeOfCare at its `managingOrganization`, any other resource at the
+`serviceProvider` of the Encounter it names through a reference parameter called `encounter` or
+`context`. A resource with none of these is the accessing provider's own information and can be
+blocked by no one.
 """
 
 from __future__ import annotations
@@ -27,17 +31,21 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import orjson
+
 from ..errors import Category, FhirError, Issue
 from ..fhir.definitions import compartment_definition
 from ..fhir.instant import now_us
+from ..interactions.context import RECORDED_AT_PROVIDER, RECORDED_AT_UNIT
 from ..search.engine import matching_ids
 from ..search.params import Registry
 from ..search.query import parse
 from ..search.sql import exists_sql
 from ..store import Repository
 from ..store.hashing import h64
+from ..sweden.identifiers import HSA_ID_ALIASES
 from . import pdl_grants
-from .pdl_consent import PatientConsent, active_consents
+from .pdl_consent import active_consents
 
 Filter = tuple[str, Sequence[Any]]
 OPEN_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave"
@@ -65,6 +73,25 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
+@dataclass(frozen=True)
+class Block:
+    """A spärr: the patient's information recorded at these Organizations (ids and HSA-ids) is hidden."""
+
+    patient: str
+    orgs: frozenset[str]
+    hsa_ids: frozenset[str]
+
+
+def _hsa_ids(repo: Repository, org_ids: Sequence[str]) -> frozenset[str]:
+    out = set()
+    for oid in org_ids:
+        v = repo.read("Organization", oid)
+        body = orjson.loads(v.data) if v is not None and v.data is not None else {}
+        out |= {str(i["value"]) for i in body.get("identifier") or []
+                if isinstance(i, dict) and i.get("system") in HSA_ID_ALIASES and isinstance(i.get("value"), str)}
+    return frozenset(out)
+
+
 @dataclass
 class Policy:
     """What one user, under one assignment, may see of patient data right now."""
@@ -76,9 +103,10 @@ class Policy:
     relationship: Filter  # SQL yielding the patients in a care relationship with the unit / the user
     emergency: frozenset[str]
     lifted: frozenset[str]
-    blocks: list[PatientConsent]  # spärrar the user is outside of and has not lifted
+    blocks: list[Block]  # spärrar the user is outside of and has not lifted
     permitted: frozenset[str]  # patients whose consent lets this unit / provider read other providers' data
     registry: Registry
+    provider_hsa: str | None = None
     notes: list[str] = field(default_factory=list)
 
     # ----- building -----
@@ -93,7 +121,7 @@ class Policy:
             if provider else [])]))
         grants = pdl_grants.current(repo, access.user_hsa_id)
         mine = set(provider) | set(unit_orgs)  # a consent names the provider (all its units) or one unit
-        blocks: list[PatientConsent] = []
+        blocks: list[Block] = []
         permitted: set[str] = set()
         for c in active_consents(repo, registry, now_us()):
             if c.kind == "permit":
@@ -104,15 +132,25 @@ class Policy:
                 ("partof", ",".join(f"Organization/{o}" for o in sorted(c.orgs)))]))
             if blocked & set(unit_orgs) or c.patient in grants.lifted:
                 continue  # the user works inside the blocked unit / provider, or lifted the block
-            blocks.append(PatientConsent(c.id, c.patient, c.kind, frozenset(blocked)))
+            blocks.append(Block(c.patient, frozenset(blocked), _hsa_ids(repo, sorted(blocked))))
         relationship = _relationship(registry, unit_orgs, access, care_relationship_days)
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
-                   grants.emergency, grants.lifted, blocks, frozenset(permitted), registry)
+                   grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider)
 
     # ----- "recorded at" -----
 
-    def _recorded(self, cond: str, values: Sequence[Any]) -> Filter:
-        """Rows recorded at an organisation whose reference hash satisfies `y.ref {cond}` (see the docstring)."""
+    def _tags(self, pairs: list[tuple[str, str]]) -> Filter:
+        """Conditions on `r` from `_tag` criteria (the recorded-at stamps of users' writes)."""
+        conds, params = [], []
+        for node in parse(self.registry, None, pairs).criteria:
+            sql, ps = exists_sql(node, "r", _DEPTH)
+            conds.append(sql)
+            params += ps
+        return " AND ".join(conds), params
+
+    def _recorded(self, cond: str, values: Sequence[Any], tags: Filter) -> Filter:
+        """Rows (other than Patients) recorded at an organisation: stamped with one of `tags`, or linked to
+        one whose reference hash satisfies `y.ref {cond}` (see the module docstring)."""
         reg = self.registry
         sp = reg.get("Encounter", "service-provider")
         eoc = reg.get("EpisodeOfCare", "organization")
@@ -126,14 +164,18 @@ class Policy:
                f" JOIN resources e ON e.ref = w.ref WHERE w.res = r.pk AND w.param IN ({_marks(links)})"
                f" AND e.type = 'Encounter' AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z"
                f" WHERE z.res = e.pk AND z.param = ? AND {z})))")
-        return sql, [sp.id, *values, eoc.id, *values, *links, sp.id, *values]
+        tag_sql, tag_params = tags
+        return (f"(r.type <> 'Patient' AND ({sql} OR ({tag_sql})))",
+                [sp.id, *values, eoc.id, *values, *links, sp.id, *values, *tag_params])
 
     def _blocked(self) -> Filter:
         """Rows hidden by a spärr: the patient's information recorded at a blocked unit or provider."""
         parts, params = [], []
         for b in self.blocks:
             refs = _refs(sorted(b.orgs))
-            cond, ps = self._recorded(f"y.ref IN ({_marks(refs)})", refs)
+            codes = [f"{s}|{h}" for h in sorted(b.hsa_ids) for s in (RECORDED_AT_UNIT, RECORDED_AT_PROVIDER)]
+            tags = self._tags([("_tag", ",".join(codes))]) if codes else ("1 = 0", [])
+            cond, ps = self._recorded(f"y.ref IN ({_marks(refs)})", refs, tags)
             parts.append(f"(r.compartment = ? AND {cond})")
             params += [b.patient, *ps]
         return (" OR ".join(parts), params) if parts else ("", [])
@@ -141,7 +183,11 @@ class Policy:
     def _other_provider(self) -> Filter:
         """Rows recorded by another care provider without the patient's consent or an emergency access."""
         refs = _refs(self.provider_orgs)
-        cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs)
+        stamped = [("_tag", f"{RECORDED_AT_PROVIDER}|")]
+        if self.provider_hsa:
+            stamped.append(("_tag:not", f"{RECORDED_AT_PROVIDER}|{self.provider_hsa}"))
+        cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs,
+                                  self._tags(stamped))
         allowed = sorted(self.permitted | self.emergency)
         if allowed:
             return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]

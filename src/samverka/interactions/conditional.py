@@ -25,4 +25,5 @@ def matches(svc: Services, uow: UnitOfWork, type_: str, criteria: str, what: str
     if query.result:
         raise invalid(f"{what}: result parameters are not allowed: {', '.join(query.result)}", what)
     uow.lock(h64(f"conditional:{type_}"))
-    return matching_ids(uow, svc.registry, query, 2)
+    # only what the token may see (its access filters, e.g. Patientdatalagen for a user) can match
+    return matching_ids(uow, svc.registry, query, 2, svc.access_filters)

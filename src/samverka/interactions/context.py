@@ -17,6 +17,9 @@ from ..search.query import Query, parse
 from ..store import Repository, Version
 from ..validation import Validator
 
+RECORDED_AT_UNIT = "https://samverka.se/fhir/CodeSystem/recorded-at-unit"
+RECORDED_AT_PROVIDER = "https://samverka.se/fhir/CodeSystem/recorded-at-provider"
+
 
 @dataclass
 class Services:
@@ -31,6 +34,9 @@ class Services:
     # when set, the filters that select what the policy withholds (a spärr): a search that would match
     # such rows says so in an OperationOutcome entry, without showing them
     withheld_filters: tuple[tuple[str, Sequence[Any]], ...] = ()
+    # a user's writes: (care unit HSA-id, care provider HSA-id) stamped on what they record, as `meta.tag`
+    # codes of RECORDED_AT_UNIT / RECORDED_AT_PROVIDER (Patientdatalagen: whose information it is)
+    recorded_by: tuple[str, str | None] | None = None
 
     def searchable(self, force: bool = False) -> Registry:
         """The registry, first reloaded if the custom SearchParameters changed (search.custom)."""

@@ -24,10 +24,11 @@ from ..search import custom
 from ..search.extract import extract, patient_compartment
 from ..search.params import Registry
 from ..store import Current, IndexRows, UnitOfWork, Version, Write
-from .context import Services
+from .context import RECORDED_AT_PROVIDER, RECORDED_AT_UNIT, Services
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SERVER_META = ("versionId", "lastUpdated")
+_RECORDED_AT = (RECORDED_AT_UNIT, RECORDED_AT_PROVIDER)
 
 
 @dataclass
@@ -103,8 +104,23 @@ def prepare(svc: Services, resource: dict[str, Any], id_: str) -> Prepared:
     registry = svc.searchable()
     if type_ == "SearchParameter" and custom.searchable(resource):
         custom.check(resource, registry)
+    compartment = patient_compartment(resource)
+    if svc.recorded_by is not None and compartment is not None and type_ != "Patient":
+        stamp_recorded_by(resource, svc.recorded_by)
     index = extract(resource, registry)
-    return Prepared(type_, id_, resource, index, patient_compartment(resource), registry)
+    return Prepared(type_, id_, resource, index, compartment, registry)
+
+
+def stamp_recorded_by(resource: dict[str, Any], by: tuple[str, str | None]) -> None:
+    """Tag patient data a user writes with the care unit and provider it is recorded at (replacing any
+    such tags the client sent): what Patientdatalagen's spärr and provider rules read (`auth.pdl`)."""
+    meta = resource.setdefault("meta", {})
+    tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("system") in _RECORDED_AT)]
+    unit, provider = by
+    tags.append({"system": RECORDED_AT_UNIT, "code": unit})
+    if provider:
+        tags.append({"system": RECORDED_AT_PROVIDER, "code": provider})
+    meta["tag"] = tags
 
 
 def stamp_us() -> int:
