@@ -25,6 +25,10 @@ FORBIDDEN = {
     "audit": {"api", "cli"},
     "events": {"api", "cli"},
     "sweden": {"api", "interactions", "search", "store", "validation", "cli"},
+    "modules": {"api", "cli"},
+    # the SDK is for module developers: nothing of the server
+    "sdk": {"api", "interactions", "search", "validation", "store", "fhir", "auth", "audit", "events", "modules",
+            "cli", "loader", "integrity", "sweden", "generate", "config", "errors"},
 }
 
 

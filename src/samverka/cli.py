@@ -1,4 +1,4 @@
-"""The `samverka` command: serve, load, generate, check, reindex, admin and client."""
+"""The `samverka` command: serve, load, generate, check, reindex, admin, client and module."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from .config import Settings
+from .module_cli import module_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Samverka: the shared FHIR R4 care record.")
 console = Console(stderr=True)
@@ -333,6 +334,7 @@ app.add_typer(user_app, name="user")
 client_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART clients (modules).")
 app.add_typer(admin_app, name="admin")
 app.add_typer(client_app, name="client")
+app.add_typer(module_app, name="module")
 
 
 @admin_app.command("token")

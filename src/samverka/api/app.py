@@ -40,6 +40,7 @@ from ..interactions import (
 )
 from ..interactions.context import Result, Services
 from .formats import JSON, XML, parse_body, read_body, render, response_format
+from .modules import ModuleAdmin
 from .outcome import error_response
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -330,6 +331,7 @@ def create_app(services: Services, deliver: bool = False) -> Starlette:
         Route("/healthz", _health, methods=["GET"]),
         Route("/audit/report", api.audit_report, methods=["GET"]),
         *(auth.routes() if auth is not None else []),
+        *ModuleAdmin(services, auth).routes(),
         Route("/fhir", api.handle, methods=_METHODS),
         Route("/fhir/{path:path}", api.handle, methods=_METHODS),
     ]

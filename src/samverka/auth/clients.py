@@ -137,8 +137,8 @@ def _redirect_uris(value: Any, required: bool) -> list[str]:
 def public_client(repo: Repository, client_id: str | None) -> store.Client:
     """A public client (token_endpoint_auth_method none), identified by client_id alone."""
     client = store.get_client(repo, client_id) if client_id else None
-    if client is None or client.revoked is not None:
-        raise _bad("unknown or revoked client")
+    if client is None or client.revoked is not None or store.client_disabled(repo, client.client_id):
+        raise _bad("unknown, revoked or disabled client")
     if client.auth_method != "none":
         raise _bad("this client must authenticate (private_key_jwt client_assertion)")
     return client
@@ -212,6 +212,8 @@ async def authenticate(repo: Repository, keys: ClientKeys, form: dict[str, str],
     client = store.get_client(repo, client_id)
     if client is None or client.revoked is not None:
         raise _bad("unknown or revoked client")
+    if store.client_disabled(repo, client_id):
+        raise _bad("this client is disabled")
     if client.auth_method != "private_key_jwt":
         raise _bad("this client does not authenticate with private_key_jwt")
     if header.get("alg") not in CLIENT_ALGS:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import Repository
+from ..store import Repository, UnitOfWork
 
 KEY_LOCK = 0x73616D76_6B657973  # "samvkeys": one key rotation at a time (PostgreSQL advisory lock)
 
@@ -74,9 +74,34 @@ def list_clients(repo: Repository) -> list[Client]:
 def revoke_client(repo: Repository, client_id: str) -> bool:
     """Mark a client revoked (its tokens stop working at once); False when there is no such client."""
     with repo.transaction() as uow:
-        rows = uow.execute("UPDATE auth_clients SET revoked = COALESCE(revoked, ?) WHERE client_id = ?"
-                           " RETURNING client_id", (now(), client_id))
+        return revoke_client_in(uow, client_id)
+
+
+def revoke_client_in(uow: UnitOfWork, client_id: str) -> bool:
+    """`revoke_client` inside the caller's transaction."""
+    rows = uow.execute("UPDATE auth_clients SET revoked = COALESCE(revoked, ?) WHERE client_id = ?"
+                       " RETURNING client_id", (now(), client_id))
     return bool(rows)
+
+
+def set_client_disabled(uow: UnitOfWork, client_id: str, disabled: bool) -> bool:
+    """Disable a client (no tokens; its tokens refused) or enable it again (tokens issued before now stay
+    refused), inside the caller's transaction; revoking stays final. False when there is no such client."""
+    t = now()
+    if disabled:
+        rows = uow.execute("UPDATE auth_clients SET disabled = COALESCE(disabled, ?) WHERE client_id = ?"
+                           " RETURNING client_id", (t, client_id))
+    else:
+        # tokens issued from the enable on are good; one issued before the disable in the same second is not
+        rows = uow.execute("UPDATE auth_clients SET valid_after = CASE WHEN disabled IS NULL THEN valid_after"
+                           " WHEN disabled + 1 > ? THEN disabled + 1 ELSE ? END, disabled = NULL"
+                           " WHERE client_id = ? RETURNING client_id", (t, t, client_id))
+    return bool(rows)
+
+
+def client_disabled(repo: Repository, client_id: str) -> bool:
+    rows = repo.fetch("SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,))
+    return bool(rows and rows[0][0] is not None)
 
 
 def use_assertion(repo: Repository, client_id: str, jti: str, exp: int) -> bool:
@@ -95,11 +120,13 @@ def revoke_token(repo: Repository, jti: str, exp: int) -> None:
         uow.execute("INSERT INTO auth_revoked (jti, exp) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING", (jti, exp))
 
 
-def token_withdrawn(repo: Repository, jti: str, client_id: str) -> bool:
-    """True when the token was revoked, or its client was: one indexed lookup per request."""
+def token_withdrawn(repo: Repository, jti: str, client_id: str, iat: int = 0) -> bool:
+    """True when the token was revoked, or its client was revoked or is disabled, or the token was issued
+    before the client was last enabled (`iat` < valid_after): one indexed lookup per request."""
     rows = repo.fetch("SELECT (SELECT count(*) FROM auth_revoked WHERE jti = ?)"
-                      " + (SELECT count(*) FROM auth_clients WHERE client_id = ? AND revoked IS NOT NULL)",
-                      (jti, client_id))
+                      " + (SELECT count(*) FROM auth_clients WHERE client_id = ? AND (revoked IS NOT NULL"
+                      " OR disabled IS NOT NULL OR valid_after > ?))",
+                      (jti, client_id, iat))
     return bool(rows and rows[0][0])
 
 

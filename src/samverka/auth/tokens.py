@@ -148,7 +148,7 @@ class Verifier:
             raise TokenError("the access token is for another audience")
         if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("client_id"), str):
             raise TokenError("the access token lacks jti or client_id")
-        if store.token_withdrawn(self.keys.repo, claims["jti"], claims["client_id"]):
+        if store.token_withdrawn(self.keys.repo, claims["jti"], claims["client_id"], int(claims.get("iat") or 0)):
             raise TokenError("the access token was revoked")
         return claims
 
