@@ -54,6 +54,9 @@ def test_handover_point_is_the_last_acknowledged_event(module_server: AuthServer
     s = wait_for(lambda: (v := admin.view(old["id"])["subscriptions"][0])["eventsSinceSubscriptionStart"] == 5
                  and v, what="five events")
     assert s["acknowledgedEvent"] == 3 and s["lag"] == 2
+    failing = wait_for(lambda: (v := admin.view(old["id"]))["consecutiveFailures"] and v, what="failed deliveries")
+    assert failing["eventLag"] == 2 and failing["subscriptions"][0]["failingSince"] is not None
+    assert failing["subscriptions"][0]["source"] == "event_subscription"
     assert view["lastDelivery"] is not None and view["eventLag"] == 0
     new = admin.register(manifest(unique("booking-b"), alg="RS384", role=role))
     assert new["state"] == "standby"
