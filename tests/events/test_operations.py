@@ -35,6 +35,13 @@ def test_status_reports_the_subscription(server: RunningServer, receiver: Receiv
     assert [p["name"] for p in bundle["entry"][0]["resource"]["parameter"]] == \
         [p["name"] for p in expected["entry"][0]["resource"]["parameter"]][:5]
     expect_outcome(server.client.get("/Subscription/nope/$status"), 404)
+    other = subscribe(server, receiver, "referral")
+    both = server.client.get("/Subscription/$status", params={"id": f"{sub_id},{other}"}).json()
+    assert both["total"] == 2
+    refs = sorted(_params(e["resource"])["subscription"]["reference"].rsplit("/", 1)[-1] for e in both["entry"])
+    assert refs == sorted([sub_id, other])
+    none = server.client.get("/Subscription/$status", params={"id": sub_id, "status": "error"}).json()
+    assert none["total"] == 0 and none["entry"] == []
 
 
 def test_events_replays_a_range_by_number(server: RunningServer, receiver: Receiver) -> None:

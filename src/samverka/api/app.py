@@ -246,6 +246,8 @@ class FhirApi:
             return search.search(svc, base, parts[0], [*pairs, *form], strict)
         elif n == 2 and parts[1] == "_history" and method in ("GET", "HEAD"):
             return history.history(svc, base, parts[0], None, pairs)
+        elif n == 2 and parts[0] == "Subscription" and parts[1] == "$status" and method in ("GET", "HEAD"):
+            return self.events.status(base, None, pairs, access)
         elif n == 2 and parts[1] == "$validate" and method == "POST":
             return validate.validate_operation(svc, parts[0], None, await self._body(request))
         elif n == 2 and not parts[1].startswith(("$", "_")):
@@ -265,7 +267,7 @@ class FhirApi:
         elif n == 3 and parts[0] == "Patient" and parts[2] == "$lift-block" and method == "POST":
             return lift_block.lift_block(svc, access, parts[1], await self._body(request))
         elif n == 3 and parts[0] == "Subscription" and parts[2] == "$status" and method in ("GET", "HEAD"):
-            return self.events.status(base, parts[1])
+            return self.events.status(base, parts[1], pairs, access)
         elif n == 3 and parts[0] == "Subscription" and parts[2] == "$events" and method in ("GET", "HEAD"):
             return self.events.events(base, parts[1], dict(pairs), access)
         elif n == 3 and parts[2] == "$validate" and method == "POST":

@@ -16,12 +16,11 @@ store and auth, never api or cli.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from ..auth.access import Access
 from ..interactions.context import Result, Services
 from . import replay, status, topics
-from .delivery import Worker, base_url, focus_body
+from .delivery import Worker, focus_body
 from .matching import Scratch
 from .notify import Event
 from .outbox import Outboxing, Owner, Wakeup
@@ -69,8 +68,14 @@ class Events:
         if self._scratch is not None:
             self._scratch.close()
 
-    def status(self, base: str, sub_id: str) -> Result:
-        return status.status(self.svc.repo, base, sub_id)
+    def status(self, base: str, sub_id: str | None, pairs: list[tuple[str, str]], access: Access | None) -> Result:
+        if sub_id is not None:
+            return status.status(self.svc.repo, base, sub_id)
+        owner = None
+        if access is not None and not any(g.context != "patient" and g.covers("r", "Subscription")
+                                          for g in access.grants):
+            owner = access.client_id  # patient-context grants: only the caller's own subscriptions
+        return status.status_all(self.svc.repo, base, pairs, owner)
 
     def events(self, base: str, sub_id: str, params: dict[str, str], access: Access | None) -> Result:
         if self._scratch is None:
@@ -83,14 +88,5 @@ class Events:
 
         return replay.events(self.svc.repo, base, sub_id, params, body_of)
 
-    def base(self) -> str:
-        return base_url(self.svc)
-
     def topic_urls(self) -> list[str]:
         return [t.url for t in topics.TOPICS]
-
-    def __repr__(self) -> str:
-        return f"Events(worker={self.worker!r})"
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [topics.subscription_topic(t) for t in topics.TOPICS]

@@ -28,6 +28,8 @@ from ..store import Current, HistoryEntry, HistoryQuery, IndexRows, Repository, 
 from ..store.base import Head
 from . import subscriptions
 
+_CHUNK = 100  # outbox rows per INSERT (7 parameters each; SQLite allows 32,766)
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -99,11 +101,13 @@ class OutboxUnitOfWork:
         n = len(self.writes)
         last = int(self.inner.execute("UPDATE event_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (n,))[0][0])
         first = last - n + 1
-        for i, (type_, id_, version, kind, at_us) in enumerate(self.writes):
-            self.inner.execute(
-                "INSERT INTO event_outbox (seq, type, id, version, before_version, interaction, at_us)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (first + i, type_, id_, version, version - 1 if version > 1 else None, kind, at_us))
+        rows = [(first + i, type_, id_, version, version - 1 if version > 1 else None, kind, at_us)
+                for i, (type_, id_, version, kind, at_us) in enumerate(self.writes)]
+        for start in range(0, n, _CHUNK):  # multi-row INSERTs: one round trip per chunk on PostgreSQL
+            chunk = rows[start:start + _CHUNK]
+            marks = ", ".join("(?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
+            self.inner.execute("INSERT INTO event_outbox (seq, type, id, version, before_version, interaction, at_us)"
+                               f" VALUES {marks}", [v for row in chunk for v in row])
         return n
 
     def read(self, type: str, id: str) -> Version | None:

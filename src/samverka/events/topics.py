@@ -124,27 +124,4 @@ def fhirpath_passes(expression: str, previous: dict[str, Any] | None, current: d
     return result == [True]
 
 
-def subscription_topic(topic: Topic) -> dict[str, Any]:
-    """The topic as an R4B-shaped SubscriptionTopic (for documentation and the CapabilityStatement)."""
-    triggers = []
-    for t in topic.triggers:
-        trig: dict[str, Any] = {"description": t.description, "resource": t.resource,
-                                "supportedInteraction": sorted(t.interactions)}
-        if t.fhirpath:
-            trig["fhirPathCriteria"] = t.fhirpath
-        if t.query:
-            q = t.query
-            trig["queryCriteria"] = {k: v for k, v in (
-                ("previous", q.previous), ("current", q.current),
-                ("resultForCreate", "test-passes" if q.result_for_create else "test-fails"),
-                ("resultForDelete", "test-passes" if q.result_for_delete else "test-fails"),
-                ("requireBoth", q.require_both)) if v is not None}
-        triggers.append(trig)
-    return {"resourceType": "SubscriptionTopic", "url": topic.url, "title": topic.title, "status": "active",
-            "description": topic.description, "resourceTrigger": triggers,
-            "canFilterBy": [{"resource": r, "filterParameter": p} for r, ps in topic.can_filter_by.items()
-                            for p in ps]}
-
-
-__all__ = ["BY_URL", "TOPICS", "QueryCriteria", "Topic", "Trigger", "fhirpath_passes", "get",
-           "subscription_topic"]
+__all__ = ["BY_URL", "TOPICS", "QueryCriteria", "Topic", "Trigger", "fhirpath_passes", "get"]
