@@ -197,6 +197,7 @@ def test_replace_hands_over_the_role(module_server: AuthServer, admin: Admin, tm
         assert old["clientId"] in json.dumps(ev["agent"])
         refs = {e.get("what", {}).get("reference") for e in ev["entity"]}
         assert {f"Subscription/{old_sub}", f"Subscription/{sub['id']}"} <= refs
+        assert {e.get("name") for e in ev["entity"]} >= {old["id"], new["id"]}
         detail = next(d for e in ev["entity"] for d in e.get("detail", []) if d["type"] == "handover")
         assert json.loads(detail["valueString"])["predecessor"] == f"Subscription/{old_sub}"
         for action in ("module-register", "module-disable", "module-enable"):

@@ -25,7 +25,7 @@ _ACTIONS = {"register": "C", "disable": "U", "enable": "U", "replace": "U"}
 
 def module_event(who: Who, action: str, module_id: str, client_id: str, subscriptions: Sequence[str],
                  description: str, details: dict[str, dict[str, Any]] | None = None,
-                 other_client: str | None = None) -> dict[str, Any]:
+                 other_client: str | None = None, other_module: str | None = None) -> dict[str, Any]:
     """One AuditEvent for `samverka module <action>`; `details` maps a Subscription id to its handover point."""
     ev = event(who, "operation", "0", [], [Entity("Subscription", s) for s in subscriptions], SYSTEM_HSA_ID,
                description=description)
@@ -46,10 +46,13 @@ def module_event(who: Who, action: str, module_id: str, client_id: str, subscrip
         sub = str(e["what"]["reference"]).removeprefix("Subscription/")
         if details and sub in details:
             e["detail"] = [{"type": "handover", "valueString": json.dumps(details[sub], sort_keys=True)}]
-    entities.append({"what": {"identifier": {"system": MODULE_ID, "value": module_id}},
-                     "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-                     "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4"},
-                     "name": module_id})
+    for mid in (module_id, other_module):
+        if mid:
+            entities.append({"what": {"identifier": {"system": MODULE_ID, "value": mid}},
+                             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                                      "code": "2"},
+                             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4"},
+                             "name": mid})
     return ev
 
 

@@ -167,7 +167,8 @@ def enable(svc: Services, module_id: str, who: Who) -> dict[str, Any]:
     return view(svc, module_id)
 
 
-def _handover(svc: Services, new: Manifest, old_subs: list[SubscriptionRow]) -> dict[int, dict[str, Any]]:
+def _handover(svc: Services, uow: UnitOfWork, new: Manifest, old_subs: list[SubscriptionRow]
+              ) -> dict[int, dict[str, Any]]:
     """Match NEW's declared subscriptions to OLD's by topic (the same filter first) and take each OLD
     subscription's last acknowledged event as the point NEW's continues from."""
     old_filters = {s.subscription: _filter_of(svc, s.subscription) for s in old_subs}
@@ -179,7 +180,7 @@ def _handover(svc: Services, new: Manifest, old_subs: list[SubscriptionRow]) -> 
             continue
         pick = next((o for o in same if old_filters[o.subscription] == s.filter), same[0])
         free.remove(pick)
-        state = subscriptions.delivery(svc, pick.subscription)
+        state = subscriptions.delivery(svc, pick.subscription, uow.fetch)
         out[i] = {"predecessor": pick.subscription, "after_event": _int(state["acknowledgedEvent"]),
                   "after_seq": _int(state["acknowledgedSequence"])}
     return out
@@ -225,7 +226,7 @@ def replace(svc: Services, old_id: str, new_id: str, who: Who) -> dict[str, Any]
         old_subs = mstore.subscriptions(uow, old_id)
         for s in old_subs:
             subscriptions.set_status(asvc, uow, s.subscription, "off")
-        handover = _handover(svc, manifest, old_subs)
+        handover = _handover(svc, uow, manifest, old_subs)
         subs = _create_subscriptions(asvc, uow, manifest, new.client_id, handover)
         mstore.set_state(uow, old_id, REPLACED, replaced_by=new_id)
         mstore.set_state(uow, new_id, ACTIVE, replaces=old_id)
@@ -235,7 +236,8 @@ def replace(svc: Services, old_id: str, new_id: str, who: Who) -> dict[str, Any]
         ev = records.module_event(who, "replace", new_id, new.client_id,
                                   [s.subscription for s in old_subs] + [s.subscription for s in subs],
                                   f"module {new_id} replaces {old_id} in role {old.role}; {old_id}'s client "
-                                  f"revoked and subscriptions off; handover: {summary}", points, old.client_id)
+                                  f"revoked and subscriptions off; handover: {summary}", points, old.client_id,
+                                  old_id)
         audit_chain.append(uow, [ev], svc.repo.dialect)
     return view(svc, new_id)
 

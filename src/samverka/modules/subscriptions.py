@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -132,7 +132,10 @@ _STATE_SQL = ("SELECT status, events_since_start, delivered, error_count, failin
               " FROM event_subscription s WHERE s.id = ?")
 
 
-def _state(svc: Services, sub_id: str) -> dict[str, Any] | None:
+Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+
+
+def _state(svc: Services, sub_id: str, fetch: Fetch | None = None) -> dict[str, Any] | None:
     """The event core's delivery state of one subscription: `samverka.events.delivery_state` when it
     exists, else its `event_subscription` row (read only), else None."""
     ev = _events()
@@ -142,7 +145,7 @@ def _state(svc: Services, sub_id: str) -> dict[str, Any] | None:
     if callable(fn):
         found = fn(svc.repo, sub_id)
         return dict(found) if isinstance(found, Mapping) else None
-    rows = svc.repo.fetch(_STATE_SQL, (sub_id,))
+    rows = (fetch or svc.repo.fetch)(_STATE_SQL, (sub_id,))
     if not rows:
         return None
     status, count, delivered, errors, failing_us, sent_us, error, start_seq, ack_seq = rows[0]
@@ -155,7 +158,7 @@ def _state(svc: Services, sub_id: str) -> dict[str, Any] | None:
             "source": "event_subscription"}
 
 
-def delivery(svc: Services, sub_id: str) -> dict[str, Any]:
+def delivery(svc: Services, sub_id: str, fetch: Fetch | None = None) -> dict[str, Any]:
     """Status and delivery figures of one Subscription: status, eventsSinceSubscriptionStart, the last
     acknowledged event (and its outbox position), lag, last delivery, failures; `source` says where
     they came from (the event core, or only the Subscription resource)."""
@@ -165,7 +168,7 @@ def delivery(svc: Services, sub_id: str) -> dict[str, Any]:
                            "acknowledgedEvent": None, "acknowledgedSequence": None, "lag": None,
                            "lastDelivery": None, "consecutiveFailures": None, "failingSince": None, "errorRate": None,
                            "source": "subscription-resource"}
-    state = _state(svc, sub_id)
+    state = _state(svc, sub_id, fetch)  # `fetch`: inside the caller's transaction
     if state is not None:
         out.update({k: v for k, v in state.items() if v is not None or k not in ("status", "error")})
         out.setdefault("source", "samverka.events.delivery_state")
