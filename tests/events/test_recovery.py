@@ -13,7 +13,7 @@ from eventkit import Receiver, create, lab_result, subscribe, subscription
 from test_outbox import _store
 
 from conftest import QUICK
-from support.server import BACKENDS, RunningServer, launch, start_server
+from support.server import BACKENDS, RunningServer, expect_outcome, launch, start_server
 
 
 def _status_params(server: RunningServer, sub_id: str) -> dict[str, object]:
@@ -119,3 +119,37 @@ def test_several_workers_deliver_once_in_order(backend: str, request: pytest.Fix
         assert len(receiver.of(sub_id, "handshake")) == 1
     finally:
         srv.stop()
+
+
+def test_handover_continues_after_the_predecessors_last_acknowledged_event(server: RunningServer,
+                                                                          receiver: Receiver) -> None:
+    """A Subscription with `subscription-handover` afterSequence (set by `samverka module replace`) gets
+    every matching event committed after that outbox position — also those committed before it existed —
+    numbered from 1, in order, and then the live ones."""
+    old = subscribe(server, receiver, "lab-result", filter_="Observation?patient=Patient/p-hand")
+    first = [create(server, lab_result("p-hand"))["id"] for _ in range(2)]
+    receiver.events(old, 2)
+    body = server.client.get(f"/Subscription/{old}").json()
+    assert server.client.put(f"/Subscription/{old}", json={**body, "status": "off"}).status_code == 200
+    store = _store(server)
+    try:
+        [(after,)] = store.fetch("SELECT seq FROM event_notification WHERE sub = ? AND number = 2", (old,))
+    finally:
+        store.close()
+    missed = [create(server, lab_result("p-hand"))["id"] for _ in range(2)]  # nobody is subscribed now
+    new = subscription("lab-result", receiver.url, filter_="Observation?patient=Patient/p-hand")
+    new["extension"] = [{"url": "https://samverka.se/fhir/StructureDefinition/subscription-handover",
+                         "extension": [{"url": "afterSequence", "valueString": str(after)}]}]
+    r = server.client.post("/Subscription", json=new)
+    assert r.status_code == 201, r.text
+    new_id = r.json()["id"]
+    live = create(server, lab_result("p-hand"))["id"]
+    got = receiver.events(new_id, 3)
+    focus = [e["focus"]["reference"].rsplit("/", 1)[-1] for r in got for e in r.status["notification-event"]]
+    assert [n for r in got for n in r.numbers] == [1, 2, 3]
+    assert focus == [*missed, live]
+    assert not set(first) & set(focus)
+    bad = {**new, "extension": [{"url": new["extension"][0]["url"],
+                                 "extension": [{"url": "afterSequence", "valueString": "-1"}]}]}
+    issues = expect_outcome(server.client.post("/Subscription", json=bad), 422)
+    assert issues[0]["expression"] == ["Subscription.extension[0].extension[0].valueString"]

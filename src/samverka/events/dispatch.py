@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..store import Repository
+from ..store import Repository, UnitOfWork
 from . import topics
 from .matching import Scratch
 
@@ -74,24 +74,36 @@ def triggered(topic: topics.Topic, row: OutboxRow, scratch: Scratch, previous: d
     return False
 
 
-def dispatch(repo: Repository, scratch: Scratch, batch: int = 500) -> int:
-    """Match the next outbox rows against the subscriptions; the number of outbox rows consumed."""
-    cursor = int(repo.fetch("SELECT dispatched FROM event_state WHERE id = 1", ())[0][0])
-    rows = [OutboxRow(*r) for r in repo.fetch(
-        "SELECT seq, type, id, version, before_version, interaction, at_us FROM event_outbox"
-        " WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, batch))]
-    if not rows:
-        return 0
-    subs = repo.fetch("SELECT id, topic, filter, start_seq FROM event_subscription"
-                      " WHERE status IN ('requested', 'active', 'error')", ())
-    by_type: dict[str, list[tuple[str, topics.Topic, str | None, int]]] = {}
-    for sid, topic_url, filter_, start in subs:
+_LIVE = "status IN ('requested', 'active', 'error')"
+Candidate = tuple[str, topics.Topic, str | None, int]  # (subscription, topic, filter, start_seq)
+
+
+def _candidates(repo: Repository, where: str, params: tuple[Any, ...]) -> list[Candidate]:
+    out = []
+    for sid, topic_url, filter_, start in repo.fetch(
+            f"SELECT id, topic, filter, start_seq FROM event_subscription WHERE {_LIVE} AND {where} ORDER BY id",
+            params):
         topic = topics.get(topic_url)
-        if topic is None:
-            continue
-        for type_ in topic.types:
-            by_type.setdefault(type_, []).append((str(sid), topic, filter_, int(start)))
-    matched: list[tuple[str, int]] = []  # (subscription, outbox seq) in seq order
+        if topic is not None:
+            out.append((str(sid), topic, filter_, int(start)))
+    return out
+
+
+def _rows(repo: Repository, after: int, until: int | None, batch: int) -> list[OutboxRow]:
+    bound = " AND seq <= ?" if until is not None else ""
+    params = (after, until, batch) if until is not None else (after, batch)
+    return [OutboxRow(*r) for r in repo.fetch(
+        "SELECT seq, type, id, version, before_version, interaction, at_us FROM event_outbox"
+        f" WHERE seq > ?{bound} ORDER BY seq LIMIT ?", params)]
+
+
+def _match(repo: Repository, scratch: Scratch, rows: list[OutboxRow], subs: list[Candidate]) -> list[tuple[str, int]]:
+    """(subscription, outbox seq) of every event, in seq order (subscriptions by id within one row)."""
+    by_type: dict[str, list[Candidate]] = {}
+    for c in subs:
+        for type_ in c[1].types:
+            by_type.setdefault(type_, []).append(c)
+    matched: list[tuple[str, int]] = []
     for row in rows:
         candidates = [c for c in by_type.get(row.type, ()) if row.seq > c[3]]
         if not candidates:
@@ -108,21 +120,67 @@ def dispatch(repo: Repository, scratch: Scratch, batch: int = 500) -> int:
             with scratch.loaded(focus) as loaded:
                 filtered += [sid for sid, f in pending if loaded.matches(f)]
         matched += [(sid, row.seq) for sid in sorted(filtered)]
+    return matched
+
+
+def _number(uow: UnitOfWork, matched: list[tuple[str, int]]) -> None:
+    """Append the numbered `event_notification` rows and bump each subscription's count."""
+    counts: dict[str, int] = {}
+    for sid, seq in matched:
+        if sid not in counts:
+            found = uow.execute("SELECT events_since_start FROM event_subscription WHERE id = ?", (sid,))
+            if not found:  # deleted meanwhile
+                continue
+            counts[sid] = int(found[0][0])
+        counts[sid] += 1
+        uow.execute("INSERT INTO event_notification (sub, number, seq) VALUES (?, ?, ?)", (sid, counts[sid], seq))
+    for sid, n in counts.items():
+        uow.execute("UPDATE event_subscription SET events_since_start = ? WHERE id = ?", (n, sid))
+
+
+def _cursor(repo: Repository) -> int:
+    return int(repo.fetch("SELECT dispatched FROM event_state WHERE id = 1", ())[0][0])
+
+
+def catch_up(repo: Repository, scratch: Scratch, batch: int = 500) -> int:
+    """Subscriptions that start before the dispatch cursor (a handover: `start_seq` was set to the
+    predecessor's last acknowledged event) are matched alone over the outbox rows they missed, before
+    the shared dispatch includes them, so their events stay in order. The outbox rows consumed."""
+    cursor = _cursor(repo)
+    done = 0
+    for sub in _candidates(repo, "start_seq < ?", (cursor,)):
+        rows = _rows(repo, sub[3], cursor, batch)
+        matched = _match(repo, scratch, rows, [sub])
+        end = rows[-1].seq if len(rows) == batch else cursor
+        with repo.transaction() as uow:
+            found = uow.execute("SELECT start_seq FROM event_subscription WHERE id = ?", (sub[0],))
+            if not found or int(found[0][0]) != sub[3]:
+                continue
+            _number(uow, matched)
+            uow.execute("UPDATE event_subscription SET start_seq = ? WHERE id = ?", (end, sub[0]))
+        done += len(rows) or 1
+    return done
+
+
+def dispatch(repo: Repository, scratch: Scratch, batch: int = 500) -> int:
+    """Match the next outbox rows against the subscriptions; the number of outbox rows consumed.
+
+    `start_seq` of every subscription the batch was matched for moves up to the new cursor: from then
+    on it means "matched through", and a subscription below the cursor is one to `catch_up`.
+    """
+    done = catch_up(repo, scratch, batch)
+    cursor = _cursor(repo)
+    rows = _rows(repo, cursor, None, batch)
+    if not rows:
+        return done
+    end = rows[-1].seq
+    matched = _match(repo, scratch, rows, _candidates(repo, "start_seq >= ?", (cursor,)))
     with repo.transaction() as uow:
         now = int(uow.execute("SELECT dispatched FROM event_state WHERE id = 1", ())[0][0])
         if now != cursor:  # another leader got here first (a lease handover): leave it to them
-            return 0
-        counts: dict[str, int] = {}
-        for sid, seq in matched:
-            if sid not in counts:
-                found = uow.execute("SELECT events_since_start FROM event_subscription WHERE id = ?", (sid,))
-                if not found:
-                    continue
-                counts[sid] = int(found[0][0])
-            counts[sid] += 1
-            uow.execute("INSERT INTO event_notification (sub, number, seq) VALUES (?, ?, ?)",
-                        (sid, counts[sid], seq))
-        for sid, n in counts.items():
-            uow.execute("UPDATE event_subscription SET events_since_start = ? WHERE id = ?", (n, sid))
-        uow.execute("UPDATE event_state SET dispatched = ? WHERE id = 1", (rows[-1].seq,))
-    return len(rows)
+            return done
+        _number(uow, matched)
+        uow.execute("UPDATE event_subscription SET start_seq = ? WHERE start_seq >= ? AND start_seq < ?",
+                    (end, cursor, end))
+        uow.execute("UPDATE event_state SET dispatched = ? WHERE id = 1", (end,))
+    return done + len(rows)

@@ -74,7 +74,8 @@ class OutboxUnitOfWork:
             ex("DELETE FROM event_notification WHERE sub = ?", (w.id,))
             ex("DELETE FROM event_subscription WHERE id = ?", (w.id,))
             return
-        spec = subscriptions.read_spec(self.registry(), orjson.loads(w.data))
+        body = orjson.loads(w.data)
+        spec = subscriptions.read_spec(self.registry(), body)
         if not self.internal:
             subscriptions.check_client_status(spec.status, state)
         values = (spec.topic, spec.filter, spec.payload, spec.endpoint, orjson.dumps(list(spec.headers)).decode(),
@@ -82,7 +83,10 @@ class OutboxUnitOfWork:
         cols = ("topic, filter, payload, endpoint, headers, heartbeat, timeout, max_count, end_us, status")
         if state is None:
             owner = self.owner
-            start = ex("SELECT seq FROM event_head WHERE id = 1", ())[0][0]
+            start = int(ex("SELECT seq FROM event_head WHERE id = 1", ())[0][0])
+            after = subscriptions.handover_after(body)
+            if after is not None:  # a replacement continues after its predecessor (dispatch.catch_up)
+                start = min(start, after)
             ex(f"INSERT INTO event_subscription (id, {cols}, owner, owner_scope, owner_patient, start_seq)"
                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (w.id, *values, owner.client_id if owner else None, owner.scope if owner else None,

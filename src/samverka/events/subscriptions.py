@@ -27,6 +27,9 @@ PAYLOAD = f"{EXT}backport-payload-content"
 HEARTBEAT = f"{EXT}backport-heartbeat-period"
 TIMEOUT = f"{EXT}backport-timeout"
 MAX_COUNT = f"{EXT}backport-max-count"
+# Samverka's extension on a replacement module's Subscription (samverka.modules): continue after the
+# predecessor's last acknowledged event, `afterSequence` being that event's outbox position
+HANDOVER = "https://samverka.se/fhir/StructureDefinition/subscription-handover"
 CONTENTS = ("empty", "id-only", "full-resource")
 CLIENT_STATUSES = ("requested", "off")  # what a client may ask for; active and error are the server's
 
@@ -186,3 +189,20 @@ def check_client_status(status: str, current: str | None) -> None:
     have = f" (it is {current})" if current else ""
     raise _unprocessable(f"Subscription.status {status!r} is set by the server{have}; a client sends "
                          "'requested' (or 'off' to stop it)", "Subscription.status")
+
+
+def handover_after(sub: dict[str, Any]) -> int | None:
+    """The outbox position a handed-over Subscription continues after (`subscription-handover`
+    `afterSequence`), or None; 422 when it is not a non-negative integer."""
+    found = _ext(sub, HANDOVER)
+    if found is None:
+        return None
+    i, e = found
+    for j, part in enumerate(e.get("extension") or ()):
+        if isinstance(part, dict) and part.get("url") == "afterSequence":
+            value = part.get("valueString")
+            if not isinstance(value, str) or not value.isdigit():
+                raise _unprocessable("subscription-handover afterSequence must be an outbox position (digits)",
+                                     f"Subscription.extension[{i}].extension[{j}].valueString")
+            return int(value)
+    return None
