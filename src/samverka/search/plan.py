@@ -6,10 +6,12 @@ Every criterion becomes a correlated `EXISTS` on the resources row (`sql.exists_
 is where the scan starts:
 - **driven**: a positive leaf whose index range holds fewer than `PROBE_LIMIT` keys (found by a
   bounded probe of each candidate) supplies the candidate keys; the rest are checked per candidate.
-  A chain or `_has` whose inner node can drive drives too (`_has` under `HAS_PROBE_LIMIT`);
+  A chain or `_has` whose inner node can drive drives too (`_has` under `HAS_PROBE_LIMIT`), and so
+  does a `_lastUpdated` window or a wide exact driver (`drive`: which candidates, probed how);
 - **walk**: otherwise the plan walks the type's `(type, pk)` index in key order and checks every
   criterion per row, which stops as soon as a page is full -- large result sets page fast.
-A full count (`_total=accurate`) of a walked plan starts from an exact token/reference/uri criterion instead.
+A full count (`_total=accurate`) of a walked plan starts from an exact token/reference/uri criterion instead
+(on PostgreSQL, when it is the whole query, hash-joined to the type's keys rather than looked up one by one).
 Paging is by cursor (keyset): the next link carries the sort key and `pk` of the last row, so page 50
 costs what page 1 does, and rows changing meanwhile never shift the pages.
 """
@@ -27,16 +29,11 @@ from ..errors import invalid
 from ..fhir.instant import format_instant
 from ..store import Version
 from ..store.base import Dialect
-from . import normalize
+from . import drive
 from .params import Registry, SearchParam
-from .query import Chain, Criterion, Has, Node, Query
-from .sql import driver_sql, exists_sql
+from .query import Criterion, Query
+from .sql import exists_sql
 
-PROBE_LIMIT = 2000
-# A `_has` key costs three random lookups (referring row, its reference row, the resource it points at),
-# a leaf key one index step: on 1M Synthea resources a `_has` over more than ~700 referring rows paged
-# faster by walking the (small) target type, one under ~300 rows up to 300x faster driven.
-HAS_PROBE_LIMIT = 500
 _SORT_TABLES = {"date": ("idx_date", "lo", "hi"), "number": ("idx_number", "lo", "hi"),
                 "quantity": ("idx_quantity", "lo", "hi"), "string": ("idx_string", "norm", "norm"),
                 "uri": ("idx_uri", "uri", "uri"), "reference": ("idx_reference", "target", "target")}
@@ -70,6 +67,7 @@ class Plan:
     strategy: str
     probes: dict[str, int] = field(default_factory=dict)
     count_plan: Plan | None = None  # how `count` runs when it differs (a walked plan counted from an index)
+    notes: list[str] = field(default_factory=list)  # probes skipped or bounded, second looks (for `_explain`)
 
 
 def build(db: Fetcher, registry: Registry, query: Query, filters: Sequence[tuple[str, Sequence[Any]]] = ()) -> Plan:
@@ -85,51 +83,74 @@ def build(db: Fetcher, registry: Registry, query: Query, filters: Sequence[tuple
         params += ps
     if query.list_ids:
         where.append(_list_condition(registry, query.list_ids, params))
-    probes: dict[str, int] = {}
-    best: tuple[int, int] | None = None
-    for i, node in enumerate(query.criteria):
-        driver = _driver(node, db)
-        if driver is None:
-            continue
-        sql, ps = driver
-        limit = HAS_PROBE_LIMIT if isinstance(node, Has) else PROBE_LIMIT
-        n = int(db.fetch(f"SELECT count(*) FROM ({sql} LIMIT {limit}) p", ps)[0][0])
-        probes[getattr(node, "raw_name", "?")] = n
-        if n < limit and (best is None or n < best[0]):
-            best = (n, i)
+    choice = drive.choose(db, query, drive.candidates(db, query))
     sort = sort_keys(registry, query)
-    if best is not None:
-        source, extra, extra_params = _assemble(db, query, best[1])
-        strategy = f"driven by {getattr(query.criteria[best[1]], 'raw_name', '?')} ({best[0]} candidate keys)"
-        return Plan(source, where + extra, [*extra_params[0], *params, *extra_params[1]], sort, strategy, probes)
+    if choice.driver is not None:
+        d = choice.driver
+        source, extra, extra_params = _assemble(db, query, d)
+        kind = "candidate keys, a superset: every criterion checked" if d.index is None else "candidate keys"
+        return Plan(source, where + extra, [*extra_params[0], *params, *extra_params[1]], sort,
+                    f"driven by {d.name} ({choice.keys} {kind})", choice.probes, notes=choice.notes)
     source, extra, extra_params = _assemble(db, query, None)
-    plan = Plan(source, where + extra, [*params, *extra_params[1]], sort, "walk the type index in key order", probes)
+    plan = Plan(source, where + extra, [*params, *extra_params[1]], sort, "walk the type index in key order",
+                choice.probes, notes=choice.notes)
     counter = _count_driver(query)
     if counter is not None:  # a full count scans every match anyway: start it from an index, not every row of the type
-        csource, cextra, cparams = _assemble(db, query, counter)
+        node = query.criteria[counter]
+        csql, cps = drive.driver(node, db)  # type: ignore[misc]
+        if (getattr(db, "dialect", None) == "postgresql" and not filters and not query.list_ids
+                and len(query.criteria) == 1 and query.type is not None):
+            # PostgreSQL estimates a hashed code's rows badly (1.2k for 31k) and then joins each of 100k+
+            # keys to `resources` by a nested loop (0.6-1 s); the fenced type subquery (OFFSET 0) can only be
+            # hash-joined: one index-only pass over the type's keys. Index rows exist only for current,
+            # non-deleted resources, so `deleted` needs no check here.
+            plan.count_plan = Plan("(SELECT t.pk FROM resources t WHERE t.type = ? OFFSET 0) r", [f"r.pk IN ({csql})"],
+                                   [query.type, *cps], sort,
+                                   f"count driven by {node.raw_name}, hash-joined to the {query.type} keys",
+                                   choice.probes)
+            return plan
+        cand = drive.Candidate(counter, node.raw_name, csql, list(cps), drive.EXACT, drive.PROBE_LIMIT, True)
+        csource, cextra, cparams = _assemble(db, query, cand)
         plan.count_plan = Plan(csource, where + cextra, [*cparams[0], *params, *cparams[1]], sort,
-                               f"count driven by {getattr(query.criteria[counter], 'raw_name', '?')}", probes)
+                               f"count driven by {node.raw_name}", choice.probes)
     return plan
 
 
-def _assemble(db: Fetcher, query: Query, driven: int | None) -> tuple[str, list[str], tuple[list[Any], list[Any]]]:
-    """(source, EXISTS conditions, (source params, condition params)) with criterion `driven` as the source."""
+def _assemble(db: Fetcher, query: Query, driver: drive.Candidate | None
+              ) -> tuple[str, list[str], tuple[list[Any], list[Any]]]:
+    """(source, EXISTS conditions, (source params, condition params)) starting from `driver`: its own
+    criterion is dropped (its keys are exactly the matches), a superset driver's are all kept."""
     source, source_params = "resources r", []
     where: list[str] = []
     params: list[Any] = []
+    if driver is not None:
+        source = f"(SELECT DISTINCT d.res FROM ({driver.sql}) d) m JOIN resources r ON r.pk = m.res"
+        source_params = list(driver.params)
+    # PostgreSQL turns an EXISTS into a semi-join planned from its (poor) estimates of hashed codes: a patient's
+    # 363 keys merge-joined with all 19k rows of a code (20 ms) instead of 363 key lookups. With OFFSET 0 it
+    # stays a per-candidate check, which is what a driven plan is for (SQLite plans it that way anyway).
+    fence = driver is not None and getattr(db, "dialect", None) == "postgresql"
+    # checked on the driver's key before the resources row is read, when that row's type is certain anyway
+    on_key = driver is not None and driver.index is not None and _of_type(query.criteria[driver.index], query.type)
     for i, node in enumerate(query.criteria):
-        if i == driven:
-            sql, ps = _driver(node, db)  # type: ignore[misc]
-            source = f"(SELECT DISTINCT d.res FROM ({sql}) d) m JOIN resources r ON r.pk = m.res"
-            source_params = list(ps)
+        if driver is not None and i == driver.index:
             continue
         cond, ps = exists_sql(node, "r", db=db)
+        if on_key and isinstance(node, Criterion):  # SQLite evaluates it at the materialized key (-30%)
+            cond = cond.replace("x0.res = r.pk", "x0.res = m.res")
+        if fence and cond.startswith(("EXISTS (SELECT", "NOT EXISTS (SELECT")) and cond.endswith(")"):
+            cond = cond[:-1] + " OFFSET 0)"
         where.append(cond)
         params += ps
     return source, where, (source_params, params)
 
 
 _RESOURCE_LEVEL = {"Resource", "DomainResource"}
+
+
+def _of_type(node: object, type_: str | None) -> bool:
+    """True when every key `node` drives from is of type `type_` (a parameter of that type alone)."""
+    return isinstance(node, Criterion) and type_ is not None and node.param.base == (type_,)
 
 
 def _count_driver(query: Query) -> int | None:
@@ -144,59 +165,6 @@ def _count_driver(query: Query) -> int | None:
                 and (node.modifier is None or (node.param.type == "reference" and node.modifier[:1].isupper()))):
             return i
     return None
-
-
-def _driver(node: Node, db: Fetcher) -> tuple[str, list[Any]] | None:
-    """`SELECT ... res` of exactly the keys matching `node` (what `exists_sql` accepts), or None.
-
-    A positive leaf drives through its index range (`sql.driver_sql`). A chain drives when its inner
-    node can: the matching targets, then the references to them. A `_has` likewise: the matching
-    referring resources, then the resources they point at. Without this, a selective chain or `_has`
-    walked the whole type index checking the join per row. The joins are written as CROSS JOINs so
-    SQLite (which has no statistics) keeps this order; PostgreSQL plans them as inner joins."""
-    leaf = driver_sql(node, db)
-    if leaf is not None and isinstance(node, Criterion) and node.param.type == "date" and node.modifier is None:
-        bound = _date_upper(node)
-        if bound is not None:  # close the index range: the (param, lo) scan stops at the search range's end
-            return f"{leaf[0]} AND x.lo <= ?", [*leaf[1], bound]
-    if leaf is not None or not isinstance(node, Chain | Has):
-        return leaf
-    if isinstance(node, Has):
-        inner = _driver(node.inner, db)
-        if inner is None:
-            return None
-        isql, ips = inner
-        return (f"SELECT h2.pk AS res FROM ({isql}) hi CROSS JOIN resources ht CROSS JOIN idx_reference hx"
-                f" CROSS JOIN resources h2 WHERE ht.pk = hi.res AND ht.type = ? AND ht.deleted = 0"
-                f" AND hx.res = ht.pk AND hx.param = ? AND h2.ref = hx.ref AND h2.type = hx.target_type"
-                f" AND h2.id = hx.target", [*ips, node.type, node.param.id])
-    parts: list[str] = []
-    params: list[Any] = []
-    for target, inner_node in node.targets:
-        inner = _driver(inner_node, db)
-        if inner is None:
-            return None
-        isql, ips = inner
-        parts.append(f"SELECT cx.res FROM ({isql}) ci CROSS JOIN resources ct CROSS JOIN idx_reference cx"
-                     f" WHERE ct.pk = ci.res AND ct.type = ? AND ct.deleted = 0 AND cx.param = ?"
-                     f" AND cx.ref = ct.ref AND cx.target_type = ct.type AND cx.target = ct.id")
-        params += [*ips, target, node.param.id]
-    return " UNION ALL ".join(parts), params
-
-
-def _date_upper(node: Criterion) -> int | None:
-    """An upper bound on a matching row's `lo`, implied by every value's prefix (`sql_values.compare`):
-    eq needs lo >= a and hi <= b, le needs lo < a or hi <= b, lt and eb need lo (or hi) < a -- so lo <= b
-    in each case. Without it, `date=2015-03-01` scanned the (param, lo) key from that day to the end."""
-    bounds = []
-    for v in node.values:
-        if v.prefix not in (None, "eq", "le", "lt", "eb"):
-            return None
-        try:
-            bounds.append(normalize.date_range(v.text)[1])
-        except ValueError:
-            return None
-    return max(bounds) if bounds else None
 
 
 def _list_condition(registry: Registry, ids: list[str], params: list[Any]) -> str:
@@ -311,7 +279,7 @@ def page(db: Fetcher, plan: Plan, count: int, cursor: list[Any] | None, backward
 
 def count(db: Fetcher, plan: Plan) -> int:
     plan = plan.count_plan or plan
-    sql = f"SELECT count(*) FROM {plan.source} WHERE {' AND '.join(plan.where)}"
+    sql = f"SELECT count(*) FROM {plan.source}" + (f" WHERE {' AND '.join(plan.where)}" if plan.where else "")
     return int(db.fetch(sql, plan.params)[0][0])
 
 
@@ -327,6 +295,8 @@ def explain(db: Fetcher, dialect: Dialect, plan: Plan, count_: int) -> dict[str,
     out = {"strategy": plan.strategy, "probes": plan.probes, "sql": sql,
             "parameters": [p if isinstance(p, int | float | str) else repr(p) for p in params],
             "databasePlan": db_plan}
+    if plan.notes:
+        out["notes"] = plan.notes
     if plan.count_plan is not None:
         out["countStrategy"] = plan.count_plan.strategy
     return out

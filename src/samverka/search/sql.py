@@ -73,7 +73,7 @@ def _check_values(c: Criterion) -> None:
                           c.raw_name, "too-costly")
 
 
-def leaf(c: Criterion, db: Fetcher | None = None) -> Leaf | Raw:
+def leaf(c: Criterion, db: Fetcher | None = None, in_lists: bool = False) -> Leaf | Raw:
     p = c.param
     allowed = _MODIFIERS.get(p.type)
     if allowed is None:
@@ -103,7 +103,7 @@ def leaf(c: Criterion, db: Fetcher | None = None) -> Leaf | Raw:
         raise invalid(f"modifier :{c.modifier} is not supported on {p.type} parameter {c.raw_name}", c.raw_name,
                       "not-supported")
     if p.type == "token":
-        return _token_leaf(c, db)
+        return _token_leaf(c, db, in_lists)
     compile_value = {"reference": reference, "uri": _uri}.get(p.type) or COMPILERS[p.type]
     return _leaf(_TABLE[p.type], c, [compile_value(c, v) for v in c.values])
 
@@ -113,7 +113,7 @@ def _leaf(table: str, c: Criterion, conds: list[Cond], negate: bool = False) -> 
     return Leaf(table, c.param.id, cond, params, negate)
 
 
-def _token_leaf(c: Criterion, db: Fetcher | None) -> Leaf:
+def _token_leaf(c: Criterion, db: Fetcher | None, in_lists: bool) -> Leaf:
     m = c.modifier
     if m == "text":
         conds: list[Cond] = []
@@ -128,7 +128,32 @@ def _token_leaf(c: Criterion, db: Fetcher | None) -> Leaf:
         if m in ("in", "not-in"):
             return _leaf("idx_token", c, [_in_value_set(c, v, term) for v in c.values], negate=m == "not-in")
         return _leaf("idx_token", c, [_subsumed(c, v, term, m) for v in c.values])
+    if in_lists:
+        return _leaf("idx_token", c, _tokens(c), negate=m == "not")
     return _leaf("idx_token", c, [token(c, v) for v in c.values], negate=m == "not")
+
+
+def _tokens(c: Criterion) -> list[Cond]:
+    """For a driver: one condition per value, except that `system|code` values of one system become one
+    `x.system = ? AND x.code IN (...)`, so the (param, code, system, res) key is read in a few short ranges
+    (an OR of pairs made SQLite scan every row of the parameter, e.g. to count four common codes). A
+    per-row check keeps the OR: PostgreSQL estimates `code = ANY(...)` as a few thousand rows and then
+    merge-joins a walk with all of them, sorted (93 ms instead of 3 ms for a first page)."""
+    by_system: dict[str, list[str]] = {}
+    conds: list[Cond] = []
+    for v in c.values:
+        system, sep, code = v.text.partition("|")
+        if sep and system and code:
+            by_system.setdefault(system, []).append(code)
+        else:
+            conds.append(token(c, v))
+    for system, codes in by_system.items():
+        if len(codes) == 1:
+            conds.append(token(c, Value(None, f"{system}|{codes[0]}")))
+        else:
+            marks = ", ".join("?" for _ in codes)
+            conds.append((f"x.system = ? AND x.code IN ({marks})", [h64(system), *(h64(code) for code in codes)]))
+    return conds
 
 
 def _of_type(c: Criterion, v: Value) -> Cond:
@@ -249,7 +274,7 @@ def driver_sql(node: Node, db: Fetcher | None = None) -> tuple[str, list[Any]] |
                 [*node.param_ids, node.ref, node.ref, node.patient_id])
     if not isinstance(node, Criterion):
         return None
-    lf = leaf(node, db)
+    lf = leaf(node, db, in_lists=True)
     if isinstance(lf, Raw) or lf.negate:
         return None
     return f"SELECT x.res FROM {lf.table} x WHERE x.param = ? AND ({lf.cond})", [lf.param, *lf.params]

@@ -1,0 +1,307 @@
+"""Where a search starts: the candidate drivers of a query and the bounded probes that choose one.
+
+https://hl7.org/fhir/R4/search.html -- `plan.build` checks every criterion per candidate row; this module
+decides which rows are the candidates. A *driver* is a `SELECT res` over one index:
+- a positive leaf, a chain or a `_has` (`driver`): exactly the keys matching that criterion, so its own
+  check is dropped from the plan;
+- a `_lastUpdated` window (`last_updated_window`): the `ge`/`gt`/`le`/`lt`/... criteria on `_lastUpdated`
+  intersected into one closed range of the index's `lo` column. It is a superset of the matches (every
+  criterion is still checked per row), which one open-ended criterion alone never is.
+
+Probes run cheapest first (exact lookups, then closed ranges, then open ranges), each bounded by the
+smallest count found so far. An open-ended range (`date=ge2015`, a number `gt`) scans its parameter from
+the start, so it is not probed once something else can drive, and only as a last resort when an exact
+driver might. When nothing is under the probe limit, an exact token or reference (or a `_lastUpdated`
+window) that holds fewer than `WIDE_LIMIT` keys still drives when that is a small part of the type:
+walking the type stops early only when the matches are dense, and a month of one hospital's Encounters
+is not. None of this changes what a search finds, only the order in which rows are checked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import normalize
+from .params import Registry
+from .query import Chain, Criterion, Has, Node, Query
+from .sql import driver_sql
+
+PROBE_LIMIT = 2000
+# A `_has` key costs three random lookups (referring row, its reference row, the resource it points at),
+# a leaf key one index step: on 1M Synthea resources a `_has` over more than ~700 referring rows paged
+# faster by walking the (small) target type, one under ~300 rows up to 300x faster driven.
+HAS_PROBE_LIMIT = 500
+# The second look when every probe hit its limit: an exact driver (or a `_lastUpdated` window) under this
+# many keys drives when it holds under 1/WIDE_SHARE of the type's rows. Driving 10k keys costs ~10 ms on
+# SQLite at 1M; walking 95k Encounters for a month's 12 matches cost 166 ms.
+WIDE_LIMIT = 20_000
+WIDE_SHARE = 4
+# The write path stamps every resource with exactly one `_lastUpdated` row of millisecond precision
+# (`interactions.writes.commit`: lo = the stamp, hi = lo + 999 µs), so a row's lo lies within 999 µs of hi.
+LAST_UPDATED_SPAN_US = 999
+
+EXACT, CLOSED, OPEN = 0, 1, 2  # probe order
+
+
+class Fetcher(Protocol):
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to start: `sql` selects `res`; `index` is the criterion it replaces (None: a superset)."""
+
+    index: int | None
+    name: str
+    sql: str
+    params: list[Any]
+    rank: int
+    limit: int
+    wide: bool  # may drive on the second look (an exact token/reference, or a window)
+
+
+@dataclass
+class Choice:
+    driver: Candidate | None
+    keys: int
+    probes: dict[str, int]
+    notes: list[str]
+
+
+def candidates(db: Fetcher, query: Query) -> list[Candidate]:
+    out: list[Candidate] = []
+    names: set[str] = set()
+    for i, node in enumerate(query.criteria):
+        d = driver(node, db)
+        if d is None:
+            continue
+        name = getattr(node, "raw_name", "?")
+        while name in names:  # `date=ge..&date=lt..`: two probes of one parameter
+            name += "'"
+        names.add(name)
+        rank, wide = _rank(node)
+        out.append(Candidate(i, name, d[0], d[1], rank, HAS_PROBE_LIMIT if isinstance(node, Has) else PROBE_LIMIT,
+                             wide))
+    window = last_updated_window(query)
+    if window is not None:
+        pid, lo, hi = window
+        out.append(Candidate(None, "_lastUpdated window", "SELECT x.res FROM idx_date x WHERE x.param = ?"
+                             " AND x.lo >= ? AND x.lo <= ?", [pid, lo, hi], CLOSED, PROBE_LIMIT, True))
+    return out
+
+
+def _rank(node: Node) -> tuple[int, bool]:
+    if not isinstance(node, Criterion):
+        return EXACT, False
+    t = node.param.type
+    if t == "date":
+        return (CLOSED if node.modifier is None and date_upper(node) is not None else OPEN), False
+    if t in ("number", "quantity", "composite"):
+        return OPEN, False
+    if t == "string" or node.modifier in ("text", "below", "above", "in"):
+        return CLOSED, False
+    exact = node.modifier is None or (t == "reference" and node.modifier[:1].isupper())
+    return EXACT, exact and t in ("token", "reference") and node.param.code != "_id"
+
+
+def choose(db: Fetcher, query: Query, cands: list[Candidate]) -> Choice:
+    """The driver with the fewest keys under its probe limit (or a wide one, see the module doc), or None."""
+    probes: dict[str, int] = {}
+    notes: list[str] = []
+    best: Candidate | None = None
+    best_n = 0
+    windowed = any(c.index is None for c in cands)
+    second_look = query.type is not None and any(c.wide for c in cands)
+    deferred: list[Candidate] = []  # open ranges, probed only if the second look finds nothing
+    for c in sorted(cands, key=lambda c: c.rank):
+        if windowed and c.rank == OPEN and c.index is not None and _is_last_updated(query.criteria[c.index]):
+            notes.append(f"{c.name} not probed (the _lastUpdated window bounds it)")
+            continue
+        if best is not None and best_n == 0:
+            notes.append(f"{c.name} not probed ({best.name} matched nothing)")
+            continue
+        if c.rank == OPEN and best is not None:
+            notes.append(f"{c.name} not probed (an open range scans its parameter from the start)")
+            continue
+        if c.rank == OPEN and second_look:
+            deferred.append(c)
+            continue
+        n, limit = _probe(db, c, best_n if best is not None else None, probes, notes)
+        if n < limit:
+            best, best_n = c, n
+    if best is None and query.type is not None:
+        wide = _second_look(db, query, cands, probes, notes)
+        if wide is not None:
+            for c in deferred:
+                notes.append(f"{c.name} not probed (an open range scans its parameter from the start)")
+            return Choice(wide[0], wide[1], probes, notes)
+        for c in deferred:  # the last resort before a walk of the whole type
+            n, limit = _probe(db, c, best_n if best is not None else None, probes, notes)
+            if n < limit:
+                best, best_n = c, n
+    return Choice(best, best_n, probes, notes)
+
+
+def _probe(db: Fetcher, c: Candidate, best: int | None, probes: dict[str, int], notes: list[str]) -> tuple[int, int]:
+    """(keys counted, the limit they were counted to): no further than the best so far."""
+    limit = c.limit if best is None else min(c.limit, best)
+    n = int(db.fetch(f"SELECT count(*) FROM ({c.sql} LIMIT {limit}) p", c.params)[0][0])
+    probes[c.name] = n
+    if limit < c.limit:
+        notes.append(f"{c.name} probed up to {limit} (the best so far)")
+    return n, limit
+
+
+def _second_look(db: Fetcher, query: Query, cands: list[Candidate], probes: dict[str, int],
+                 notes: list[str]) -> tuple[Candidate, int] | None:
+    """A wide exact driver (or `_lastUpdated` window) when every probe hit its limit, see the module doc."""
+    assert query.type is not None
+    wide = [c for c in cands if c.wide]
+    if not wide or (len(query.criteria) < 2 and wide[0].index is not None):
+        return None  # one criterion and nothing else: the walk's rows all match
+    c = wide[0]
+    n = int(db.fetch(f"SELECT count(*) FROM ({c.sql} LIMIT {WIDE_LIMIT}) p", c.params)[0][0])
+    probes[f"{c.name} (wide)"] = n
+    if n >= WIDE_LIMIT:
+        return None
+    if c.index is None:  # a window holds every type's rows: its share of the type says nothing
+        notes.append(f"{c.name} holds {n} keys (under {WIDE_LIMIT}): driven rather than walked")
+        return c, n
+    cap = n * WIDE_SHARE
+    rows = _type_rows(db, query.type, cap)
+    probes[f"{query.type} rows (wide)"] = rows
+    if rows < cap:
+        notes.append(f"{c.name} holds {n} keys, more than 1/{WIDE_SHARE} of the {rows} {query.type} rows: walk")
+        return None
+    notes.append(f"{c.name} holds {n} keys, under 1/{WIDE_SHARE} of the {query.type} rows: driven rather than"
+                 " walked (a walk stops early only when matches are dense)")
+    return c, n
+
+
+_TYPE_ROWS: dict[tuple[int, str], tuple[float, int, int]] = {}  # (store, type) -> (time, cap, rows)
+_TYPE_ROWS_TTL_S = 60.0
+
+
+def _type_rows(db: Fetcher, type_: str, cap: int) -> int:
+    """min(rows of `type_`, cap), counted at most once a minute per store and type for a cap it answers: it
+    only steers the choice between two plans that return the same rows."""
+    key = (id(db), type_)
+    now = time.monotonic()
+    hit = _TYPE_ROWS.get(key)
+    if hit is not None and now - hit[0] < _TYPE_ROWS_TTL_S and (hit[2] < hit[1] or hit[1] >= cap):
+        return min(hit[2], cap)
+    rows = int(db.fetch(f"SELECT count(*) FROM (SELECT 1 FROM resources t WHERE t.type = ? LIMIT {cap}) p",
+                        [type_])[0][0])
+    if len(_TYPE_ROWS) > 1000:
+        _TYPE_ROWS.clear()
+    _TYPE_ROWS[key] = (now, cap, rows)
+    return rows
+
+
+def driver(node: Node, db: Fetcher) -> tuple[str, list[Any]] | None:
+    """`SELECT ... res` of exactly the keys matching `node` (what `exists_sql` accepts), or None.
+
+    A positive leaf drives through its index range (`sql.driver_sql`). A chain drives when its inner
+    node can: the matching targets, then the references to them. A `_has` likewise: the matching
+    referring resources, then the resources they point at. Without this, a selective chain or `_has`
+    walked the whole type index checking the join per row. The joins are written as CROSS JOINs so
+    SQLite (which has no statistics) keeps this order; PostgreSQL plans them as inner joins."""
+    leaf = driver_sql(node, db)
+    if leaf is not None and isinstance(node, Criterion) and node.param.type == "date" and node.modifier is None:
+        bound = date_upper(node)
+        if bound is not None:  # close the index range: the (param, lo) scan stops at the search range's end
+            return f"{leaf[0]} AND x.lo <= ?", [*leaf[1], bound]
+    if leaf is not None or not isinstance(node, Chain | Has):
+        return leaf
+    if isinstance(node, Has):
+        inner = driver(node.inner, db)
+        if inner is None:
+            return None
+        isql, ips = inner
+        return (f"SELECT h2.pk AS res FROM ({isql}) hi CROSS JOIN resources ht CROSS JOIN idx_reference hx"
+                f" CROSS JOIN resources h2 WHERE ht.pk = hi.res AND ht.type = ? AND ht.deleted = 0"
+                f" AND hx.res = ht.pk AND hx.param = ? AND h2.ref = hx.ref AND h2.type = hx.target_type"
+                f" AND h2.id = hx.target", [*ips, node.type, node.param.id])
+    parts: list[str] = []
+    params: list[Any] = []
+    for target, inner_node in node.targets:
+        inner = driver(inner_node, db)
+        if inner is None:
+            return None
+        isql, ips = inner
+        parts.append(f"SELECT cx.res FROM ({isql}) ci CROSS JOIN resources ct CROSS JOIN idx_reference cx"
+                     f" WHERE ct.pk = ci.res AND ct.type = ? AND ct.deleted = 0 AND cx.param = ?"
+                     f" AND cx.ref = ct.ref AND cx.target_type = ct.type AND cx.target = ct.id")
+        params += [*ips, target, node.param.id]
+    return " UNION ALL ".join(parts), params
+
+
+def date_upper(node: Criterion) -> int | None:
+    """An upper bound on a matching row's `lo`, implied by every value's prefix (`sql_values.compare`):
+    eq needs lo >= a and hi <= b, le needs lo < a or hi <= b, lt and eb need lo (or hi) < a -- so lo <= b
+    in each case. Without it, `date=2015-03-01` scanned the (param, lo) key from that day to the end."""
+    bounds = []
+    for v in node.values:
+        if v.prefix not in (None, "eq", "le", "lt", "eb"):
+            return None
+        try:
+            bounds.append(normalize.date_range(v.text)[1])
+        except ValueError:
+            return None
+    return max(bounds) if bounds else None
+
+
+def _lo_bounds(prefix: str | None, a: int, b: int, span: int) -> tuple[int | None, int | None]:
+    """(min, max) of the `lo` of a row matching one prefixed value [a, b], when rows satisfy hi - lo <= span
+    (the prefix table of `sql_values`): None where the prefix leaves that side open."""
+    p = prefix or "eq"
+    if p == "eq":
+        return a, b
+    if p == "ge":  # lo >= a, or hi > b and so lo > b - span
+        return min(a, b - span + 1), None
+    if p == "gt":
+        return b - span + 1, None
+    if p == "sa":
+        return b + 1, None
+    if p == "le":  # lo < a, or hi <= b and so lo <= b
+        return None, b
+    if p in ("lt", "eb"):
+        return None, a - 1
+    return None, None  # ne, ap
+
+
+def _is_last_updated(node: Node) -> bool:
+    return (isinstance(node, Criterion) and node.param == Registry.default().get("Resource", "_lastUpdated")
+            and node.modifier is None)
+
+
+def last_updated_window(query: Query) -> tuple[int, int, int] | None:
+    """(param id, lowest lo, highest lo) of the rows every `_lastUpdated` criterion of `query` can match,
+    when together they bound both sides; None otherwise."""
+    std = Registry.default().get("Resource", "_lastUpdated")
+    lo: int | None = None
+    hi: int | None = None
+    for node in query.criteria:
+        if not (isinstance(node, Criterion) and _is_last_updated(node)):
+            continue
+        lows, highs = [], []
+        for v in node.values:
+            try:
+                a, b = normalize.date_range(v.text)
+            except ValueError:
+                return None  # the criterion itself reports the bad value
+            low, high = _lo_bounds(v.prefix, a, b, LAST_UPDATED_SPAN_US)
+            lows.append(low)
+            highs.append(high)
+        if lows and None not in lows:
+            m = min(x for x in lows if x is not None)
+            lo = m if lo is None else max(lo, m)
+        if highs and None not in highs:
+            m = max(x for x in highs if x is not None)
+            hi = m if hi is None else min(hi, m)
+    if std is None or lo is None or hi is None:
+        return None
+    return std.id, lo, hi
