@@ -13,6 +13,7 @@ from eventkit import Receiver, create, lab_result, subscribe, subscription
 from test_outbox import _store
 
 from conftest import QUICK
+from samverka.events import delivery_state
 from support.server import BACKENDS, RunningServer, expect_outcome, launch, start_server
 
 
@@ -134,6 +135,8 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
     store = _store(server)
     try:
         [(after,)] = store.fetch("SELECT seq FROM event_notification WHERE sub = ? AND number = 2", (old,))
+        state = delivery_state(store, old)
+        assert state is not None and state["acknowledgedEvent"] == 2 and state["acknowledgedSequence"] == after
     finally:
         store.close()
     missed = [create(server, lab_result("p-hand"))["id"] for _ in range(2)]  # nobody is subscribed now

@@ -16,8 +16,10 @@ store and auth, never api or cli.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ..auth.access import Access
+from ..fhir.instant import format_instant
 from ..interactions.context import Result, Services
 from . import replay, status, topics
 from .delivery import Worker, focus_body
@@ -25,7 +27,7 @@ from .matching import Scratch
 from .notify import Event
 from .outbox import Outboxing, Owner, Wakeup
 
-__all__ = ["Events", "Outboxing", "Owner", "Wakeup", "topics", "wrap"]
+__all__ = ["Events", "Outboxing", "Owner", "Wakeup", "delivery_state", "topics", "wrap"]
 
 
 def wrap(svc: Services, wakeup: Wakeup | None = None) -> Services:
@@ -33,6 +35,36 @@ def wrap(svc: Services, wakeup: Wakeup | None = None) -> Services:
     if isinstance(svc.repo, Outboxing):
         return svc
     return dataclasses.replace(svc, repo=Outboxing(svc.repo, svc.searchable, on_commit=wakeup))
+
+
+_STATE = ("SELECT status, events_since_start, delivered, error_count, failing_since, last_sent, last_error, start_seq,"
+          " (SELECT n.seq FROM event_notification n WHERE n.sub = s.id AND n.number = s.delivered),"
+          " (SELECT n.seq FROM event_notification n WHERE n.sub = s.id AND n.number = s.delivered + 1)"
+          " FROM event_subscription s WHERE s.id = ?")
+
+
+def delivery_state(repo: Any, sub_id: str) -> dict[str, Any] | None:
+    """A subscription's delivery figures for the module view (samverka.modules), None if unknown.
+
+    `acknowledgedSequence` is the outbox position a successor continues after with no gap: the
+    position of the last acknowledged event, or just before the first unacknowledged one, or (no
+    events yet) how far the subscription has been matched.
+    """
+    rows = repo.fetch(_STATE, (sub_id,))
+    if not rows:
+        return None
+    status, count, delivered, errors, failing, sent, error, start, ack_seq, next_seq = rows[0]
+    if ack_seq is not None:
+        point = int(ack_seq)
+    elif next_seq is not None:
+        point = int(next_seq) - 1
+    else:
+        point = int(start)
+    return {"status": status, "eventsSinceSubscriptionStart": int(count), "acknowledgedEvent": int(delivered),
+            "acknowledgedSequence": point, "lag": int(count) - int(delivered),
+            "lastDelivery": format_instant(int(sent)) if sent else None, "consecutiveFailures": int(errors),
+            "failingSince": format_instant(int(failing)) if failing else None, "error": error,
+            "source": "samverka.events.delivery_state"}
 
 
 def owner_of(access: Access | None) -> Owner | None:
