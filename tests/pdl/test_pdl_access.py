@@ -324,3 +324,23 @@ def test_conditional_interactions_match_only_what_the_user_may_see(doctor: httpx
         assert system.get("/Observation/b-obs").status_code == 200
         assert system.get("/Observation/g-obs-orto").status_code == 200
     _forbidden(doctor.delete("/Observation/b-obs"), "no care relationship")
+
+
+def test_batch_and_transaction_entries_are_checked(doctor: httpx.Client) -> None:
+    def get(url: str) -> dict[str, Any]:
+        return {"request": {"method": "GET", "url": url}}
+
+    batch = {"resourceType": "Bundle", "type": "batch",
+             "entry": [get("Observation/a-obs"), get("Observation/b-obs"), get("Observation/g-obs-orto"),
+                       get("Observation?patient=b")]}
+    r = doctor.post("", json=batch)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200", "403", "403", "200"]
+    assert "no care relationship" in entries[1]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert entries[1]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    assert "blocked" in entries[2]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert entries[3]["resource"].get("total", 0) == 0 and not entries[3]["resource"].get("entry")
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [get("Observation/a-obs"),
+                                                                              get("Observation/b-obs")]}
+    _forbidden(doctor.post("", json=transaction), "no care relationship")
