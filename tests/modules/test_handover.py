@@ -58,15 +58,43 @@ def test_handover_point_is_the_last_acknowledged_event(module_server: AuthServer
     assert failing["eventLag"] == 2 and failing["subscriptions"][0]["failingSince"] is not None
     assert failing["subscriptions"][0]["source"] == "event_subscription"
     assert view["lastDelivery"] is not None and view["eventLag"] == 0
-    new = admin.register(manifest(unique("booking-b"), alg="RS384", role=role))
-    assert new["state"] == "standby"
-    r = admin.call("POST", f"/{old['id']}/replace/{new['id']}")
-    assert r.status_code == 200, r.text
-    [handed] = r.json()["subscriptions"]
-    point = handed["handover"]
-    assert point["predecessor"] == f"Subscription/{sub['id']}"
-    assert point["afterEvent"] == 3
-    assert isinstance(point["afterSequence"], int) and point["afterSequence"] > 0
+    missed = [e for e in _appointments(module_server, auth, patient) if e not in booked]
+    assert len(missed) == 2
+    got: list[Notification] = []
+
+    async def on_new(e: Notification) -> None:
+        got.append(e)
+
+    new_rx = NotificationReceiver(on_new, topics=[APPOINTMENTS])
+    with ThreadServer(new_rx.app) as rx2:
+        new = admin.register(manifest(unique("booking-b"), alg="RS384", role=role, endpoint=f"{rx2.url}/notify"))
+        assert new["state"] == "standby"
+        r = admin.call("POST", f"/{old['id']}/replace/{new['id']}")
+        assert r.status_code == 200, r.text
+        [handed] = r.json()["subscriptions"]
+        point = handed["handover"]
+        assert point["predecessor"] == f"Subscription/{sub['id']}"
+        assert point["afterEvent"] == 3
+        assert isinstance(point["afterSequence"], int) and point["afterSequence"] > 0
+        # NEW continues from the handover point: the two bookings OLD never acknowledged come first,
+        # numbered from 1, then what happens next; no gap, nothing from before the point
+        wait_for(lambda: len(got) == 2, what="the events OLD missed")
+        new_auth = BackendAuth(new["clientId"], private_jwk("RS384"), "system/Appointment.cruds")
+        with FhirClient(module_server.srv.base, new_auth) as fhir:
+            later = fhir.create(_booking(patient))["id"]
+        wait_for(lambda: len(got) == 3, what="the next booking")
+    assert [e.number for e in got] == [1, 2, 3]
+    assert [e.focus.rsplit("/", 1)[1] for e in got if e.focus] == [*missed, later]
+    assert all(e.subscription == handed["id"] for e in got)
+    assert new_rx.duplicates == 0 and new_rx.filled == 0
+
+
+def _appointments(server: AuthServer, auth: BackendAuth, patient: str) -> list[str]:
+    """The booked Appointments of `patient` in the order they were written."""
+    with FhirClient(server.srv.base, auth) as fhir:
+        found = list(fhir.search_all("Appointment", {"actor": f"Patient/{patient}", "status": "booked",
+                                                     "_sort": "_lastUpdated"}))
+    return [a["id"] for a in found]
 
 
 def _fetcher(server: AuthServer, auth: BackendAuth) -> Any:

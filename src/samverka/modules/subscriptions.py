@@ -135,6 +135,13 @@ _STATE_SQL = ("SELECT status, events_since_start, delivered, error_count, failin
 Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 
 
+@dataclasses.dataclass
+class _Reader:
+    """A read-only view with `fetch` (e.g. of an open unit of work) for the event core's queries."""
+
+    fetch: Fetch
+
+
 def _state(svc: Services, sub_id: str, fetch: Fetch | None = None) -> dict[str, Any] | None:
     """The event core's delivery state of one subscription: `samverka.events.delivery_state` when it
     exists, else its `event_subscription` row (read only), else None."""
@@ -143,7 +150,7 @@ def _state(svc: Services, sub_id: str, fetch: Fetch | None = None) -> dict[str, 
         return None
     fn = getattr(ev, "delivery_state", None)
     if callable(fn):
-        found = fn(svc.repo, sub_id)
+        found = fn(_Reader(fetch) if fetch is not None else svc.repo, sub_id)
         return dict(found) if isinstance(found, Mapping) else None
     rows = (fetch or svc.repo.fetch)(_STATE_SQL, (sub_id,))
     if not rows:
