@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from eventkit import Receiver, create, encounter, lab_result, subscribe, subscription
 
+from samverka.fhir.instant import format_instant, now_us
 from support.server import RunningServer, expect_outcome
 
 
@@ -89,3 +92,17 @@ def test_bad_topic_or_filter_is_refused(server: RunningServer, receiver: Receive
     bad["status"] = "active"
     issues = expect_outcome(server.client.post("/Subscription", json=bad), 422)
     assert issues[0]["expression"] == ["Subscription.status"]
+
+
+def test_subscription_past_its_end_is_switched_off(server: RunningServer, receiver: Receiver) -> None:
+    """Subscription.end reached: the server sets status off and sends nothing more."""
+    sub = subscription("lab-result", receiver.url, filter_="Observation?patient=Patient/p-end")
+    sub["end"] = format_instant(now_us() + 3_000_000)
+    r = server.client.post("/Subscription", json=sub)
+    assert r.status_code == 201, r.text
+    sub_id = r.json()["id"]
+    receiver.wait(lambda: server.client.get(f"/Subscription/{sub_id}").json()["status"] == "off",
+                  timeout=20, what="status off")
+    create(server, lab_result("p-end"))
+    time.sleep(1.0)
+    assert receiver.of(sub_id, "event-notification") == []
