@@ -11,7 +11,7 @@ from eventkit import encounter
 
 from samverka.api.server import build_services
 from samverka.config import Settings
-from samverka.interactions import create, writes
+from samverka.interactions import create, transaction, writes
 from samverka.interactions.context import Services
 from samverka.store import open_repository
 from samverka.store.base import Repository
@@ -114,3 +114,15 @@ def test_a_write_rolled_back_after_it_was_made_has_no_event(services: Services) 
     assert create.create(services, "Encounter", encounter("p-in", "planned")).status == 201
     assert [r[5] for r in _outbox(repo, before)] == ["create"]
     assert _head(repo) == before + 1
+
+
+def test_a_large_transaction_numbers_every_entry(services: Services) -> None:
+    """250 entries in one transaction Bundle: 250 outbox rows (three multi-row INSERTs), seq without gaps."""
+    before = _head(services.repo)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": encounter(f"p-big-{i}", "planned"), "request": {"method": "POST", "url": "Encounter"}}
+        for i in range(250)]}
+    assert transaction.transaction(services, "http://x/fhir", bundle, False).status == 200
+    rows = _outbox(services.repo, before)
+    assert [r[0] for r in rows] == list(range(before + 1, before + 251))
+    assert {r[5] for r in rows} == {"create"} and _head(services.repo) == before + 250

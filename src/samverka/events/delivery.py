@@ -149,6 +149,7 @@ class Worker:
 
     async def run(self) -> None:
         woken = self.wakeup.bind() if self.wakeup is not None else asyncio.Event()
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per notification
         self.client = httpx.AsyncClient()
         poll = float(self.settings.event_poll)
         while not self._stop.is_set():
