@@ -441,6 +441,64 @@ def ceiling(store: Path, files: dict[str, Path], work: Path, a: argparse.Namespa
                                          a.connections))
 
 
+# ---- in-process audit cost -------------------------------------------------------------------------
+
+def audit_cost(a: argparse.Namespace) -> None:
+    """µs per read record in process: `connections` tasks, each a closed loop of a read by id and its
+    `Auditor.success` (record built, committed before the task goes on), against the same loop without
+    auditing. Prints wall, process CPU (every thread) and event-loop-thread CPU per record: medians of
+    `repeats`. A fresh SQLite store of 20 patients x 3 Observations in a temporary folder."""
+    import asyncio
+    import statistics
+    import tempfile
+
+    from samverka import audit
+    from samverka.api.server import build_services
+    from samverka.config import Settings
+    from samverka.interactions.create import create
+    from samverka.interactions.read import read
+
+    who = audit.Who(client_id="bench", user_id="SE2321000131-P000000000001", user_name="Ada Läkare",
+                    role="läkare", unit_id="SE2321000131-E000000000011", provider_id="SE2321000131-E000000000001",
+                    address="127.0.0.1")
+
+    async def loop(svc: Any, ids: list[str], auditor: Any, n: int) -> tuple[float, float, float]:
+        async def client(c: int) -> None:
+            for i in range(n):
+                oid = ids[(c * 7 + i) % len(ids)]
+                res = read(svc, "Observation", oid)
+                if auditor is not None:
+                    await auditor.success(["Observation", oid], "read", who, res, "")
+                else:
+                    await asyncio.sleep(0)
+        w, p, t = time.perf_counter(), time.process_time(), time.thread_time()
+        await asyncio.gather(*(client(c) for c in range(a.connections)))
+        total = a.connections * n
+        return ((time.perf_counter() - w) / total * 1e6, (time.process_time() - p) / total * 1e6,
+                (time.thread_time() - t) / total * 1e6)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = build_services(Settings(data_dir=Path(tmp), auth=False))
+        ids = []
+        for i in range(20):
+            pid = create(svc, "Patient", {"resourceType": "Patient", "name": [{"family": f"F{i}"}]}).version.id
+            for _ in range(3):
+                ids.append(create(svc, "Observation", {"resourceType": "Observation", "status": "final",
+                                                       "code": {"text": "x"},
+                                                       "subject": {"reference": f"Patient/{pid}"}}).version.id)
+        auditor = audit.Auditor(svc.repo, svc.settings)
+        asyncio.run(loop(svc, ids, auditor, 20))
+        n = max(1, a.records // a.connections)
+        base, aud = [], []
+        for _ in range(a.repeats):
+            base.append(asyncio.run(loop(svc, ids, None, n)))
+            aud.append(asyncio.run(loop(svc, ids, auditor, n)))
+        cost = [statistics.median(x[i] for x in aud) - statistics.median(x[i] for x in base) for i in range(3)]
+        print(f"audit per read record ({a.connections} concurrent reads, {n * a.connections} records x {a.repeats}):"
+              f" wall {cost[0]:.1f} µs, process CPU {cost[1]:.1f} µs, event-loop thread CPU {cost[2]:.1f} µs;"
+              f" load average {os.getloadavg()[0]:.2f}")
+
+
 # ---- summary and main ------------------------------------------------------------------------------
 
 def _med(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -494,6 +552,10 @@ def main() -> None:
     c.add_argument("--seconds", type=float, default=30)
     c.add_argument("--connections", type=int, default=16)
     c.add_argument("--out", type=Path, required=True)
+    ac = sub.add_parser("audit-cost", help="in-process µs per read record (no server)")
+    ac.add_argument("--connections", type=int, default=16)
+    ac.add_argument("--records", type=int, default=2000)
+    ac.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="300 patients, 3 x 8 s: a smoke run")
     ap.add_argument("--patients", type=int, default=10_000, help="generated patients (~100 resources each)")
     ap.add_argument("--users", type=int, default=8)
@@ -510,6 +572,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "client":
         client_main(a)
+        return
+    if a.cmd == "audit-cost":
+        audit_cost(a)
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds the `with` blocks: servers stop too
     if a.quick:
