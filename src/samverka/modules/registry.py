@@ -73,14 +73,15 @@ def register(svc: Services, doc: Any, who: Who) -> dict[str, Any]:
     except ManifestError as exc:
         raise manifest_error(exc) from exc
     if mstore.get(svc.repo, m.id) is not None:
-        raise FhirError.of(Category.CONFLICT, f"a module {m.id!r} is already registered (use replace to hand its "
-                           "role to a new module)", "id", "duplicate")
+        raise _duplicate(m.id)
     try:
         client = clients.register(svc.repo, m.client_metadata())
     except clients.OAuthError as exc:
         raise invalid(f"the module's client cannot be registered: {exc}", "jwks") from exc
     try:
         with _audited(svc, who, client) as (asvc, uow):
+            if mstore.get(uow, m.id) is not None:  # registered meanwhile (checked again under the write lock)
+                raise _duplicate(m.id)
             holder = mstore.role_holder(uow, m.role)
             t = mstore.now()
             state = STANDBY if holder is not None else ACTIVE
@@ -95,6 +96,11 @@ def register(svc: Services, doc: Any, who: Who) -> dict[str, Any]:
         auth_store.revoke_client(svc.repo, client.client_id)
         raise
     return view(svc, m.id)
+
+
+def _duplicate(module_id: str) -> FhirError:
+    return FhirError.of(Category.CONFLICT, f"a module {module_id!r} is already registered (use replace to hand "
+                        "its role to a new module)", "id", "duplicate")
 
 
 def _create_subscriptions(svc: Services, uow: UnitOfWork, m: Manifest, client_id: str,
