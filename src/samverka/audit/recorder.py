@@ -227,8 +227,10 @@ class GroupCommit:
     def _wake(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[list[dict[str, Any]], asyncio.Future[None]]],
               done: Future[None]) -> None:
         """In the committing thread: hand the outcome back to the event loop (if it still runs)."""
-        if not loop.is_closed():
+        try:
             loop.call_soon_threadsafe(self._finish, loop, batch, done)
+        except RuntimeError:  # that loop is closed, and its waiting reads with it: a later loop may go on
+            self._busy = False
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[list[dict[str, Any]],
                 asyncio.Future[None]]], done: Future[None]) -> None:
