@@ -78,9 +78,11 @@ def candidates(db: Fetcher, query: Query) -> list[Candidate]:
         d = driver(node, db)
         if d is None:
             continue
-        name = getattr(node, "raw_name", "?")
+        base = name = getattr(node, "raw_name", "?")
+        k = 1
         while name in names:  # `date=ge..&date=lt..`: two probes of one parameter
-            name += "'"
+            k += 1
+            name = f"{base} #{k}"
         names.add(name)
         rank, wide = _rank(node)
         out.append(Candidate(i, name, d[0], d[1], rank, HAS_PROBE_LIMIT if isinstance(node, Has) else PROBE_LIMIT,
