@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from .config import Settings
+from .drill_cli import drill_app
 from .module_cli import module_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Samverka: the shared FHIR R4 care record.")
@@ -335,6 +336,7 @@ client_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke S
 app.add_typer(admin_app, name="admin")
 app.add_typer(client_app, name="client")
 app.add_typer(module_app, name="module")
+app.add_typer(drill_app, name="drill")
 
 
 @admin_app.command("token")

@@ -1,0 +1,3 @@
+from .module import main
+
+main()

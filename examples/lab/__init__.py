@@ -1,0 +1,1 @@
+"""Lab module: answers laboratory ServiceRequests with Observations and a DiagnosticReport."""
