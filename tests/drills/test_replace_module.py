@@ -14,14 +14,17 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conftest import Store, samverka_cmd
 from samverka.drill import checks
 from samverka.drill.checks import APPOINTMENT, REFERRAL, Seen
 from samverka.modules.manifest import parse_text, validate
+from support.server import samverka_command
+
+if TYPE_CHECKING:
+    from conftest import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ("booking_a", "booking_b", "lab")
@@ -84,7 +87,7 @@ def test_the_example_manifests_are_valid_and_keygen_writes_a_private_key(tmp_pat
 @pytest.mark.slow
 def test_replace_module_drill(store: Store, tmp_path: Path) -> None:
     work = tmp_path / "drill"
-    cmd = [*samverka_cmd(), "drill", "replace-module", "--work-dir", str(work), "--json", "--timeout", "90"]
+    cmd = [*samverka_command(), "drill", "replace-module", "--work-dir", str(work), "--json", "--timeout", "90"]
     if store.database:
         cmd += ["--database", store.database]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, check=False, cwd=ROOT)
