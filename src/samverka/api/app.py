@@ -16,7 +16,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from .. import audit, events
 from ..audit import query as audit_query
@@ -24,6 +24,7 @@ from ..auth import emergency_access, lift_block, pdl_identity
 from ..auth.access import PUBLIC, Access, required
 from ..auth.endpoints import AuthServer
 from ..errors import Category, FhirError, invalid
+from ..events import websocket as ws_channel
 from ..interactions import (
     batch,
     capabilities,
@@ -42,6 +43,7 @@ from ..interactions.context import Result, Services
 from .formats import JSON, XML, parse_body, read_body, render, response_format
 from .modules import ModuleAdmin
 from .outcome import error_response
+from .websocket import endpoint as ws_endpoint
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -65,6 +67,7 @@ class FhirApi:
         self.audit = audit.Auditor(services.repo, services.settings)
         repo = services.repo
         self.events = events.Events(services, repo.on_commit if isinstance(repo, events.Outboxing) else None)
+        self.ws = ws_channel.Channel(services)  # the websocket channel: binding tokens, bound sockets
         self._metadata: dict[str, Any] | None = None
 
     def base(self, request: Request) -> str:
@@ -248,6 +251,8 @@ class FhirApi:
             return history.history(svc, base, parts[0], None, pairs)
         elif n == 2 and parts[0] == "Subscription" and parts[1] == "$status" and method in ("GET", "HEAD"):
             return self.events.status(base, None, pairs, access)
+        elif n == 2 and parts[0] == "Subscription" and parts[1] == "$get-ws-binding-token":
+            raise ws_channel.refuse_type_level()
         elif n == 2 and parts[1] == "$validate" and method == "POST":
             return validate.validate_operation(svc, parts[0], None, await self._body(request))
         elif n == 2 and not parts[1].startswith(("$", "_")):
@@ -270,6 +275,9 @@ class FhirApi:
             return self.events.status(base, parts[1], pairs, access)
         elif n == 3 and parts[0] == "Subscription" and parts[2] == "$events" and method in ("GET", "HEAD"):
             return self.events.events(base, parts[1], dict(pairs), access)
+        elif n == 3 and parts[0] == "Subscription" and parts[2] == "$get-ws-binding-token" and method in (
+                "GET", "POST"):
+            return self.ws.binding_token(base, parts[1], access)
         elif n == 3 and parts[2] == "$validate" and method == "POST":
             return validate.validate_operation(svc, parts[0], parts[1], await self._body(request))
         elif n == 3 and not parts[2].startswith(("$", "_")) and method in ("GET", "HEAD"):
@@ -328,12 +336,14 @@ def create_app(services: Services, deliver: bool = False) -> Starlette:
             yield
         finally:
             await api.events.stop()
+            await api.ws.stop()
 
     routes = [
         Route("/healthz", _health, methods=["GET"]),
         Route("/audit/report", api.audit_report, methods=["GET"]),
         *(auth.routes() if auth is not None else []),
         *ModuleAdmin(services, auth).routes(),
+        WebSocketRoute(ws_channel.PATH, ws_endpoint(api.ws)),
         Route("/fhir", api.handle, methods=_METHODS),
         Route("/fhir/{path:path}", api.handle, methods=_METHODS),
     ]

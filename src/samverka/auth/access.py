@@ -70,7 +70,8 @@ def required(method: str, parts: Sequence[str]) -> Need | None:
         return Need({"PUT": "u", "PATCH": "u", "DELETE": "d"}.get(method, "r"), head, parts[1])
     if n == 3 and parts[2] == "_history":
         return Need("r", head, parts[1], "history")
-    if n == 3 and head == "Subscription" and parts[2] in ("$status", "$events"):  # samverka.events
+    if n == 3 and head == "Subscription" and parts[2] in ("$status", "$events",  # samverka.events
+                                                          "$get-ws-binding-token"):
         return Need("r", head, parts[1])
     if n == 3 and read_like:  # a compartment search: Patient/123/Observation
         return Need("s", parts[2])

@@ -64,6 +64,7 @@ def delivery_state(repo: Any, sub_id: str) -> dict[str, Any] | None:
             "acknowledgedSequence": point, "lag": int(count) - int(delivered),
             "lastDelivery": format_instant(int(sent)) if sent else None, "consecutiveFailures": int(errors),
             "failingSince": format_instant(int(failing)) if failing else None, "error": error,
+            "matchedSequence": int(start),  # matched through here; an `off` subscription resumes after it
             "source": "event_subscription"}  # the table the figures come from
 
 

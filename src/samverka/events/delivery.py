@@ -35,6 +35,7 @@ from ..interactions.context import Services
 from . import dispatch, notify
 from .matching import Scratch
 from .outbox import Outboxing, Owner, Wakeup
+from .subscriptions import WEBSOCKET
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,10 @@ class Worker:
                 continue
             if sub.end_us is not None and now >= sub.end_us:
                 set_status(self.svc, sub.id, "off")
+                continue
+            if sub.endpoint == WEBSOCKET:  # nothing to POST: events.websocket sends to the bound sockets
+                if sub.status == "requested":
+                    set_status(self.svc, sub.id, "active")
                 continue
             job = None
             if sub.status == "requested":

@@ -166,7 +166,8 @@ def dispatch(repo: Repository, scratch: Scratch, batch: int = 500) -> int:
     """Match the next outbox rows against the subscriptions; the number of outbox rows consumed.
 
     `start_seq` of every subscription the batch was matched for moves up to the new cursor: from then
-    on it means "matched through", and a subscription below the cursor is one to `catch_up`.
+    on it means "matched through", and a subscription below the cursor is one to `catch_up`. An `off`
+    subscription keeps its position: switched on by the registry (`module enable`) it resumes there.
     """
     done = catch_up(repo, scratch, batch)
     cursor = _cursor(repo)
@@ -180,7 +181,7 @@ def dispatch(repo: Repository, scratch: Scratch, batch: int = 500) -> int:
         if now != cursor:  # another leader got here first (a lease handover): leave it to them
             return done
         _number(uow, matched)
-        uow.execute("UPDATE event_subscription SET start_seq = ? WHERE start_seq >= ? AND start_seq < ?",
+        uow.execute(f"UPDATE event_subscription SET start_seq = ? WHERE start_seq >= ? AND start_seq < ? AND {_LIVE}",
                     (end, cursor, end))
         uow.execute("UPDATE event_state SET dispatched = ? WHERE id = 1", (end,))
     return done + len(rows)

@@ -46,15 +46,20 @@ def interaction(w: Write) -> str:
     return "create" if w.previous_pk is None or w.version == 1 else "update"
 
 
+def _handover_ext(body: dict[str, Any]) -> list[Any]:
+    return [e for e in body.get("extension") or () if isinstance(e, dict) and e.get("url") == subscriptions.HANDOVER]
+
+
 class OutboxUnitOfWork:
     """A UnitOfWork that notes every version written, for the outbox rows appended before commit."""
 
     def __init__(self, inner: UnitOfWork, registry: Callable[[], Registry], owner: Owner | None,
-                 internal: bool) -> None:
+                 internal: bool, trusted: bool = False) -> None:
         self.inner = inner
         self.registry = registry
         self.owner = owner
         self.internal = internal  # the delivery worker's own status changes
+        self.trusted = trusted  # the module registry: may set where a Subscription starts (handover)
         self.writes: list[tuple[str, str, int, str, int]] = []  # (type, id, version, interaction, at_us)
 
     def current(self, type: str, id: str) -> Current | None:
@@ -78,13 +83,17 @@ class OutboxUnitOfWork:
         spec = subscriptions.read_spec(self.registry(), body)
         if not self.internal:
             subscriptions.check_client_status(spec.status, state)
+        point = subscriptions.handover_point(body)
+        if point is not None and not (self.trusted or self.internal) and (
+                state is None or self._handover_changed(w.id, body)):
+            raise subscriptions.refuse_handover(point[1])
+        after = point[0] if point is not None and (self.trusted or self.internal) else None
         values = (spec.topic, spec.filter, spec.payload, spec.endpoint, orjson.dumps(list(spec.headers)).decode(),
                   spec.heartbeat, spec.timeout, spec.max_count, spec.end_us, spec.status)
         cols = ("topic, filter, payload, endpoint, headers, heartbeat, timeout, max_count, end_us, status")
         if state is None:
             owner = self.owner
             start = int(ex("SELECT seq FROM event_head WHERE id = 1", ())[0][0])
-            after = subscriptions.handover_after(body)
             if after is not None:  # a replacement continues after its predecessor (dispatch.catch_up)
                 start = min(start, after)
             ex(f"INSERT INTO event_subscription (id, {cols}, owner, owner_scope, owner_patient, start_seq)"
@@ -96,7 +105,22 @@ class OutboxUnitOfWork:
         retry = ", error_count = 0, failing_since = NULL, next_try = 0" if spec.status == "requested" else ""
         if self.internal:
             retry = ""
+        if state == "off" and spec.status == "requested":
+            # switched on again: an off subscription is not matched (dispatch leaves its start_seq where it
+            # went off). The registry resumes it from that point (`enable`: afterSequence); anyone else
+            # starts afresh with what is committed from now on
+            retry += ", start_seq = ?"
+            start = after if after is not None else int(ex("SELECT seq FROM event_head WHERE id = 1", ())[0][0])
+            ex(f"UPDATE event_subscription SET {sets}{retry} WHERE id = ?", (*values, start, w.id))
+            return
         ex(f"UPDATE event_subscription SET {sets}{retry} WHERE id = ?", (*values, w.id))
+
+    def _handover_changed(self, sub_id: str, body: dict[str, Any]) -> bool:
+        """Does this update bring a `subscription-handover` the stored version does not carry (a client
+        may PUT back the extension the registry wrote, but not add or change one)?"""
+        v = self.inner.read("Subscription", sub_id)
+        before = orjson.loads(v.data) if v is not None and v.data is not None else {}
+        return _handover_ext(before) != _handover_ext(body)
 
     def append(self) -> int:
         """The outbox rows of this transaction's writes; call last, just before commit."""
@@ -144,25 +168,31 @@ class Outboxing:
     """
 
     def __init__(self, inner: Repository, registry: Callable[[], Registry], owner: Owner | None = None,
-                 internal: bool = False, on_commit: Wakeup | None = None) -> None:
+                 internal: bool = False, on_commit: Wakeup | None = None, trusted: bool = False) -> None:
         self.inner = inner
         self.registry = registry
         self.owner = owner
         self.internal = internal
         self.on_commit = on_commit
+        self.trusted = trusted
         self.dialect = inner.dialect
 
     def owned_by(self, owner: Owner | None) -> Outboxing:
         """The same repository for one request: Subscriptions it creates belong to `owner`."""
-        return Outboxing(self.inner, self.registry, owner, self.internal, self.on_commit)
+        return Outboxing(self.inner, self.registry, owner, self.internal, self.on_commit, self.trusted)
 
     def as_internal(self) -> Outboxing:
         return Outboxing(self.inner, self.registry, None, True, self.on_commit)
 
+    def as_registry(self) -> Outboxing:
+        """The module registry's writes: only they may carry `subscription-handover` afterSequence (a
+        client that can write Subscriptions cannot make one start before it subscribed)."""
+        return Outboxing(self.inner, self.registry, self.owner, self.internal, self.on_commit, True)
+
     @contextmanager
     def transaction(self) -> Iterator[OutboxUnitOfWork]:
         with self.inner.transaction() as uow:
-            rec = OutboxUnitOfWork(uow, self.registry, self.owner, self.internal)
+            rec = OutboxUnitOfWork(uow, self.registry, self.owner, self.internal, self.trusted)
             yield rec
             appended = rec.append()
         if appended and self.on_commit is not None:

@@ -4,8 +4,9 @@ https://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition-backport-subs
 https://hl7.org/fhir/uv/subscriptions-backport/components.html#subscription. The topic's canonical URL
 is `Subscription.criteria`; the extensions carry the filter (`criteria` → `backport-filter-criteria`), the
 payload content (`channel.payload` → `backport-payload-content`), the heartbeat period, the timeout and
-the maximum number of events per notification. A bad topic or filter is a 422 whose issue names the
-element (`Subscription.criteria`, `Subscription.criteria.extension[0].value`, ...).
+the maximum number of events per notification. Channels: rest-hook and websocket
+(https://hl7.org/fhir/uv/subscriptions-backport/channels.html#websockets). A bad topic or filter is a
+422 whose issue names the element (`Subscription.criteria`, `Subscription.criteria.extension[0].value`, ...).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ MAX_COUNT = f"{EXT}backport-max-count"
 # predecessor's last acknowledged event, `afterSequence` being that event's outbox position
 HANDOVER = "https://samverka.se/fhir/StructureDefinition/subscription-handover"
 CONTENTS = ("empty", "id-only", "full-resource")
+CHANNELS = ("rest-hook", "websocket")
+# `event_subscription.endpoint` of a websocket channel: not a URL (rest-hook endpoints are http(s)://),
+# so the rest-hook worker never POSTs for it and `events.websocket` delivers it instead
+WEBSOCKET = "websocket"
 CLIENT_STATUSES = ("requested", "off")  # what a client may ask for; active and error are the server's
 
 
@@ -144,11 +149,13 @@ def read_spec(registry: Registry, sub: dict[str, Any]) -> Spec:
     if not isinstance(channel, dict):
         raise invalid("Subscription.channel is required", "Subscription.channel", "required")
     ctype = channel.get("type")
-    if ctype != "rest-hook":
-        raise _unprocessable(f"channel type {ctype!r} is not supported; this server delivers rest-hook",
-                             "Subscription.channel.type")
+    if ctype not in CHANNELS:
+        raise _unprocessable(f"channel type {ctype!r} is not supported; this server delivers "
+                             f"{' and '.join(CHANNELS)}", "Subscription.channel.type")
     endpoint = channel.get("endpoint")
-    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+    if ctype == "websocket":
+        endpoint = WEBSOCKET  # the client connects to us ($get-ws-binding-token); no endpoint of its own
+    elif not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
         raise _unprocessable("a rest-hook channel needs an http(s) endpoint", "Subscription.channel.endpoint")
     payload = "empty"
     found = _ext(channel.get("_payload"), PAYLOAD)
@@ -191,18 +198,31 @@ def check_client_status(status: str, current: str | None) -> None:
                          "'requested' (or 'off' to stop it)", "Subscription.status")
 
 
-def handover_after(sub: dict[str, Any]) -> int | None:
+def handover_point(sub: dict[str, Any]) -> tuple[int, str] | None:
     """The outbox position a handed-over Subscription continues after (`subscription-handover`
-    `afterSequence`), or None; 422 when it is not a non-negative integer."""
+    `afterSequence`) and the expression of that element, or None; 422 when it is not a non-negative
+    integer."""
     found = _ext(sub, HANDOVER)
     if found is None:
         return None
     i, e = found
     for j, part in enumerate(e.get("extension") or ()):
         if isinstance(part, dict) and part.get("url") == "afterSequence":
+            expr = f"Subscription.extension[{i}].extension[{j}].valueString"
             value = part.get("valueString")
             if not isinstance(value, str) or not value.isdigit():
-                raise _unprocessable("subscription-handover afterSequence must be an outbox position (digits)",
-                                     f"Subscription.extension[{i}].extension[{j}].valueString")
-            return int(value)
+                raise _unprocessable("subscription-handover afterSequence must be an outbox position (digits)", expr)
+            return int(value), expr
     return None
+
+
+def handover_after(sub: dict[str, Any]) -> int | None:
+    found = handover_point(sub)
+    return found[0] if found is not None else None
+
+
+def refuse_handover(expression: str) -> FhirError:
+    """A client that may write Subscriptions may not choose where one starts in the outbox: that would
+    let it read events from before it subscribed (security)."""
+    return _unprocessable("subscription-handover afterSequence is set by the module registry only "
+                          "(samverka module replace/enable), not by a client", expression)

@@ -155,15 +155,16 @@ def disable(svc: Services, module_id: str, who: Who) -> dict[str, Any]:
 
 
 def enable(svc: Services, module_id: str, who: Who) -> dict[str, Any]:
-    """Undo `disable`: the client may get tokens again and the subscriptions are requested again."""
+    """Undo `disable`: the client may get tokens again and the subscriptions are requested again,
+    resuming from where they were switched off (the events committed meanwhile follow the handshake)."""
     row = _module(svc, module_id)
     if row.state != DISABLED:
         raise _conflict(f"module {module_id} is {row.state}; only a disabled module can be enabled")
     with _audited(svc, who) as (asvc, uow):
         auth_store.set_client_disabled(uow, row.client_id, False)
         subs = mstore.subscriptions(uow, module_id)
-        for s in subs:
-            subscriptions.set_status(asvc, uow, s.subscription, "requested")
+        for s in subs:  # each continues where it was switched off: nothing committed meanwhile is lost
+            subscriptions.resume(asvc, uow, s.subscription)
         holder = mstore.role_holder(uow, row.role)
         state = ACTIVE if subs or holder is None or holder.id == module_id else STANDBY
         mstore.set_state(uow, module_id, state)

@@ -100,6 +100,35 @@ def set_status(svc: Services, uow: UnitOfWork, sub_id: str, status: str) -> bool
     return True
 
 
+def resume(svc: Services, uow: UnitOfWork, sub_id: str) -> int | None:
+    """Request a disabled module's Subscription again, continuing where it was switched off: the
+    event core's `matchedSequence` (how far it was matched when it went off) becomes the
+    `subscription-handover` afterSequence, so the events committed meanwhile are delivered after
+    `enable` (numbered on from the last event). The point used, or None without the event core."""
+    state = _state(svc, sub_id, uow.fetch)
+    point = state.get("matchedSequence") if state is not None else None
+    if not isinstance(point, int):
+        set_status(svc, uow, sub_id, "requested")
+        return None
+    current = uow.current("Subscription", sub_id)
+    stored = uow.read("Subscription", sub_id)
+    if current is None or stored is None or stored.data is None:
+        raise not_found(f"Subscription/{sub_id} of this module no longer exists")
+    body = orjson.loads(stored.data)
+    ext = [e for e in body.get("extension") or () if not (isinstance(e, dict) and e.get("url") == HANDOVER)]
+    old = next((e for e in body.get("extension") or () if isinstance(e, dict) and e.get("url") == HANDOVER), None)
+    parts = [p for p in (old or {}).get("extension") or () if p.get("url") == "predecessor"]
+    parts = parts or [{"url": "predecessor", "valueReference": {"reference": f"Subscription/{sub_id}"}}]
+    parts.append({"url": "afterSequence", "valueString": str(point)})
+    body["extension"] = [*ext, {"url": HANDOVER, "extension": parts}]
+    body["status"] = "requested"
+    body.pop("error", None)
+    body["meta"] = {"profile": [PROFILE]}
+    validate(svc, body)
+    commit(uow, svc, prepare(svc, body, sub_id), current, "PUT", stamp_us())
+    return point
+
+
 def read(svc: Services, sub_id: str) -> dict[str, Any] | None:
     v = svc.repo.read("Subscription", sub_id)
     return orjson.loads(v.data) if v is not None and v.data is not None else None
@@ -121,6 +150,9 @@ def owned(svc: Services, client_id: str | None, scope: str = "") -> Services:
     if ev is None:
         return svc
     svc = ev.wrap(svc)  # a no-op when the services already append outbox events
+    as_registry = getattr(svc.repo, "as_registry", None)
+    if as_registry is not None:  # the registry's writes may set a handover point; a client's may not
+        svc = dataclasses.replace(svc, repo=as_registry())
     owned_by = getattr(svc.repo, "owned_by", None)
     if owned_by is None or client_id is None:
         return svc
