@@ -68,6 +68,11 @@ def serve(
     event_backoff_max: Annotated[float, typer.Option(help="longest retry delay in seconds")] = 300.0,
     event_lease: Annotated[float, typer.Option(
         help="seconds the delivering worker's lease lasts; another process takes over after it expires")] = 10.0,
+    nats: Annotated[str | None, typer.Option(
+        "--nats", help="also publish every committed event to NATS JetStream at this nats:// URL "
+                       "(subjects samverka.events.<topic>; needs `pip install samverka[nats]`)")] = None,
+    nats_stream: Annotated[str, typer.Option(
+        "--nats-stream", help="the JetStream stream (created if missing, subjects samverka.events.>)")] = "SAMVERKA",
 ) -> None:
     """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
@@ -79,11 +84,14 @@ def serve(
                       "addresses (127.0.0.1, ::1, localhost) are allowed[/red]")
         raise typer.Exit(2)
     trusted = _trusted_issuers(trust_issuer or [])
+    if nats is not None:
+        _check_nats(nats_stream)
     settings = Settings(data_dir=data_dir, database=database, host=host, port=port,
                         max_body_bytes=max_body_bytes, max_bundle_entries=max_bundle_entries,
                         auth=auth is AuthMode.on, public_url=public_url, trusted_issuers=trusted,
                         event_retry_period=event_retry_period, event_backoff=event_backoff,
-                        event_backoff_max=event_backoff_max, event_lease=event_lease)
+                        event_backoff_max=event_backoff_max, event_lease=event_lease, nats=nats,
+                        nats_stream=nats_stream)
     if demo:
         _load_demo(settings, demo_patients)
         if settings.auth:
@@ -95,6 +103,18 @@ def serve(
                   f"auth {auth.value})")
     uvicorn.run("samverka.api.server:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)
+
+
+def _check_nats(stream: str) -> None:
+    import importlib.util
+    import re
+
+    if importlib.util.find_spec("nats") is None:
+        console.print("[red]--nats needs the NATS client: pip install 'samverka[nats]'[/red]")
+        raise typer.Exit(2)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", stream):
+        console.print(f"[red]--nats-stream {stream!r}: a stream name is letters, digits, '_' and '-'[/red]")
+        raise typer.Exit(2)
 
 
 def _print_demo_token(settings: Settings) -> None:

@@ -32,6 +32,10 @@ class Settings:
     event_backoff: float = 1.0
     event_backoff_max: float = 300.0
     event_retry_period: float = 24 * 3600.0
+    # the optional NATS JetStream bridge (samverka.events.nats): a nats:// URL (None: the outbox alone)
+    # and the stream its subjects samverka.events.> go to (created if missing)
+    nats: str | None = None
+    nats_stream: str = "SAMVERKA"
     # Patientdatalagen (auth.pdl): how long a finished encounter keeps a care relationship, and how long
     # an emergency access (nödåtkomst) lasts by default and at most
     care_relationship_days: int = 30

@@ -7,7 +7,8 @@ https://hl7.org/fhir/uv/subscriptions-backport/. The pieces, in the order an eve
 - `subscriptions`: reading and checking a backport Subscription;
 - `dispatch`: outbox rows → numbered events per subscription (triggers, then filters, via `matching`);
 - `delivery`: the rest-hook worker (lease, handshake, notifications, retries, heartbeats);
-- `notify`: the notification Bundles; `status` ($status) and `replay` ($events).
+- `notify`: the notification Bundles; `status` ($status) and `replay` ($events);
+- `nats`: the optional bridge that publishes every committed event to NATS JetStream (`--nats`).
 
 `Events` is what the API layer holds (one per process). This package imports interactions, search,
 store and auth, never api or cli.
@@ -81,6 +82,7 @@ class Events:
         self.svc = svc
         self.wakeup = wakeup
         self.worker: Worker | None = None
+        self.bridge: Any = None  # the NATS JetStream bridge (`nats`), with `--nats`
         self._scratch: Scratch | None = None
 
     def services(self, svc: Services, access: Access | None) -> Services:
@@ -94,10 +96,17 @@ class Events:
         """Start this process's delivery worker (call from the running event loop)."""
         self.worker = Worker(self.svc, self.wakeup)
         self.worker.start()
+        if self.svc.settings.nats:
+            from .nats import Bridge  # nats-py is an optional extra
+
+            self.bridge = Bridge(self.svc)
+            self.bridge.start()
 
     async def stop(self) -> None:
         if self.worker is not None:
             await self.worker.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self._scratch is not None:
             self._scratch.close()
 
