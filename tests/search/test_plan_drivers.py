@@ -92,8 +92,8 @@ def test_last_updated_window_drives_and_says_so(stamped: tuple[Seeded, list[tupl
     q = f"_lastUpdated=ge{_ms(stamps[4][1])}&_lastUpdated=lt{_ms(stamps[7][1])}"
     assert db.ids("Condition", q) == {"c04", "c05", "c06"}
     ex = _explain(db, "Condition", q)
-    assert ex["strategy"] == ("driven by _lastUpdated window (3 candidate keys, a superset: every criterion"
-                              " checked)"), ex
+    assert ex["strategy"] == ("driven by _lastUpdated window of Condition (3 candidate keys, a superset: every"
+                              " criterion checked)"), ex
     assert "_lastUpdated not probed (the _lastUpdated window bounds it)" in ex["notes"]
 
 

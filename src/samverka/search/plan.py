@@ -131,7 +131,8 @@ def _assemble(db: Fetcher, query: Query, driver: drive.Candidate | None
     # stays a per-candidate check, which is what a driven plan is for (SQLite plans it that way anyway).
     fence = driver is not None and getattr(db, "dialect", None) == "postgresql"
     # checked on the driver's key before the resources row is read, when that row's type is certain anyway
-    on_key = driver is not None and driver.index is not None and _of_type(query.criteria[driver.index], query.type)
+    on_key = driver is not None and (driver.typed or (driver.index is not None
+                                                       and _of_type(query.criteria[driver.index], query.type)))
     for i, node in enumerate(query.criteria):
         if driver is not None and i == driver.index:
             continue
