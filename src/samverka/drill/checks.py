@@ -126,6 +126,7 @@ class Report:
     a_token_status: int = 0
     a_new_token_refused: bool = False
     audit_handover: bool = False
+    timeline: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds since the start)
     failures: list[str] = field(default_factory=list)
     work_dir: str = ""
 
@@ -189,6 +190,7 @@ class Report:
             f"{'yes' if self.a_new_token_refused else 'NO'}",
             f"  audit       AuditEvent?subtype=module-replace: {'found' if self.audit_handover else 'MISSING'}",
         ]
+        lines.append("  timeline    " + ", ".join(f"{step} {t:.1f}" for step, t in self.timeline))
         lines += [f"  FAILED: {x}" for x in self.failures]
         if self.work_dir:
             lines.append(f"  logs and state in {self.work_dir}")

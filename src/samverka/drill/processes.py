@@ -55,17 +55,25 @@ class Process:
         self.starts = 0
 
     def start(self, timeout: float = START_TIMEOUT) -> Process:
+        return self.spawn().ready(timeout)
+
+    def spawn(self) -> Process:
+        """Start the process without waiting for it (see `ready`)."""
         with self.log.open("ab") as out:
             out.write(f"\n--- {' '.join(self.cmd)}\n".encode())
             out.flush()
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, cwd=self.cwd, start_new_session=True)
         self.starts += 1
+        return self
+
+    def ready(self, timeout: float = START_TIMEOUT) -> Process:
+        """Wait until the health URL answers 200; DrillError with the log's tail if it exits or times out."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.proc.poll() is not None:
-                raise DrillError(f"{self.name} exited during start-up (code {self.proc.returncode}):\n"
-                                 f"{_tail(self.log)}")
+            if self.proc is None or self.proc.poll() is not None:
+                code = self.proc.returncode if self.proc is not None else None
+                raise DrillError(f"{self.name} exited during start-up (code {code}):\n{_tail(self.log)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.health_url, timeout=2.0).status_code == 200:
                     return self

@@ -2,8 +2,8 @@
 `kill -9` of the old module and of the platform along the way (issue 5's replacement drill).
 
 1. Start the platform (`samverka serve --auth on` on a SQLite data folder or PostgreSQL), register
-   `booking_a` and `lab` (`samverka module register`, keys generated now) and start them
-   (`python -m examples.<name>`).
+   `booking_a` and `lab` (`POST /admin/modules`, the admin API of `samverka module register`; keys
+   generated now) and start them (`python -m examples.<name>`).
 2. A clinic writes referrals, lab requests and desk bookings continuously (`load.Clinic`).
 3. When booking_a has booked a few referrals, `kill -9` it; events for it pile up.
 4. Register `booking_b` (standby), start it, and run `samverka module replace booking_a booking_b`.
@@ -87,6 +87,10 @@ class Drill:
         self.keys: dict[str, Path] = {}
         self.admin_token = ""
         self.clinic_id = ""
+        self.t0 = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        self.report.timeline.append((step, round(time.monotonic() - self.t0, 1)))
 
     # --- steps -------------------------------------------------------------------------------------
     def key(self, name: str) -> Path:
@@ -103,8 +107,17 @@ class Drill:
         jwk = json.loads(self.keys[name].read_text())
         return {"keys": [{k: v for k, v in jwk.items() if k != "d"}]}
 
+    def admin(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call to the platform's admin API (`/admin/modules`, `/auth/register`) with the admin token."""
+        r = httpx.request(method, f"{self.platform.origin}{path}", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {self.admin_token}"})
+        if r.status_code >= 300:
+            raise DrillError(f"{method} {path} answered {r.status_code}: {r.text[:2000]}")
+        return dict(r.json())
+
     def register(self, name: str) -> tuple[dict[str, Any], int]:
-        """`samverka module register` with the example's manifest, on a free port and with a new key."""
+        """Register the example module (`POST /admin/modules`, as `samverka module register` does) with its
+        manifest on a free port and a key generated now."""
         port = free_port()
         self.key(name)
         doc = yaml.safe_load((self.root / "examples" / name / "manifest.yaml").read_text())
@@ -113,16 +126,16 @@ class Drill:
         doc["jwks"] = self.public(name)
         path = self.work / f"{name}.manifest.json"
         path.write_text(json.dumps(doc, indent=2))
-        view = json.loads(self.platform.command("module", "register", str(path), "--json"))
+        view = self.admin("POST", "/admin/modules", doc)
         self.views[name] = view
         return view, port
 
-    def start_module(self, name: str, view: dict[str, Any], port: int) -> Process:
+    def spawn_module(self, name: str, view: dict[str, Any], port: int) -> Process:
         data = self.work / name
         data.mkdir(exist_ok=True)
         p = module_process(name, self.root, self.platform, self.keys[name], view["clientId"], port, data,
                            self.work / f"{name}.log")
-        self.modules[name] = p.start(self.o.timeout)
+        self.modules[name] = p.spawn()
         return p
 
     def view(self, module_id: str) -> dict[str, Any]:
@@ -143,19 +156,19 @@ class Drill:
 
     # --- the drill ---------------------------------------------------------------------------------
     def run(self) -> Report:
-        t0 = time.monotonic()
         o = self.o
         self.platform.start(o.timeout)
+        self.mark("platform up")
         self.admin_token = self.platform.command("admin", "token").strip()
         self.key("clinic")
-        jwks = self.work / "keys" / "clinic.public.json"
-        jwks.write_text(json.dumps(self.public("clinic")))
-        self.clinic_id = self.platform.command("client", "register", "--name", "drill clinic", "--scope", SCOPE,
-                                               "--jwks", str(jwks)).strip()
+        self.clinic_id = str(self.admin("POST", "/auth/register", {
+            "client_name": "drill clinic", "scope": SCOPE, "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": self.public("clinic")})["client_id"])
         a_view, a_port = self.register("booking_a")
         lab_view, lab_port = self.register("lab")
-        self.start_module("booking_a", a_view, a_port)
-        self.start_module("lab", lab_view, lab_port)
+        for p in (self.spawn_module("booking_a", a_view, a_port), self.spawn_module("lab", lab_view, lab_port)):
+            p.ready(o.timeout)
+        self.mark("booking_a, lab up")
         clinic = Clinic(self.platform.base, self.auth("clinic", self.clinic_id, SCOPE), o.interval)
         clinic.setup()
         clinic.start()
@@ -167,19 +180,24 @@ class Drill:
             with httpx.Client(timeout=20) as http:
                 a_token = a_auth.get(http)
             self.modules["booking_a"].kill9()
+            self.mark("booking_a killed")
             self.report.a_killed_after = len(self.a_state().booked)
-            time.sleep(o.backlog)
-            # 4. the other vendor's module takes the role over
+            killed = time.monotonic()
+            # 4. the other vendor's module takes the role over (after a backlog has piled up for booking_a)
             b_view, b_port = self.register("booking_b")
             if b_view["state"] != "standby":
                 raise DrillError(f"booking_b registered as {b_view['state']}, not standby")
-            self.start_module("booking_b", b_view, b_port)
+            self.spawn_module("booking_b", b_view, b_port).ready(o.timeout)
+            time.sleep(max(0.0, o.backlog - (time.monotonic() - killed)))
             self.platform.command("module", "replace", "booking_a", "booking_b", "--json")
+            self.mark("replaced")
             # 5. the platform dies while booking_b catches up, and comes back on the same port
             wait(lambda: self.b_state().events or clinic.error, o.timeout, "booking_b's first event")
             down = time.monotonic()
             self.platform.kill9()
+            self.mark("platform killed")
             self.platform.start(o.timeout)
+            self.mark("platform up again")
             self.report.platform_down_seconds = time.monotonic() - down
             self.report.platform_restarts = self.platform.starts - 1
             target = clinic.items + o.after_restart
@@ -188,9 +206,11 @@ class Drill:
             clinic.stop()
         if clinic.error is not None:
             raise DrillError(f"the clinic's writes failed: {clinic.error}")
+        self.mark("writes done")
         self.drain()
+        self.mark("drained")
         self.evaluate(clinic, a_token, a_auth)
-        self.report.seconds = time.monotonic() - t0
+        self.report.seconds = time.monotonic() - self.t0
         self.report.evaluate()
         return self.report
 
