@@ -39,6 +39,7 @@ from ..fhir.instant import now_us
 from ..interactions.context import RECORDED_AT_PROVIDER, RECORDED_AT_UNIT
 from ..search.engine import matching_ids
 from ..search.params import Registry
+from ..search.plan import build
 from ..search.query import parse
 from ..search.sql import exists_sql
 from ..store import Repository
@@ -49,6 +50,7 @@ from .pdl_consent import active_consents
 
 Filter = tuple[str, Sequence[Any]]
 OPEN_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave"
+MAX_BOUND = 5000  # relationship sets up to this size are bound as parameters, larger ones stay subqueries
 _DEPTH = 7  # alias suffix of the subqueries here, apart from the outer query's x0, t1, ...
 
 
@@ -107,6 +109,7 @@ class Policy:
     permitted: frozenset[str]  # patients whose consent lets this unit / provider read other providers' data
     registry: Registry
     provider_hsa: str | None = None
+    reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
     notes: list[str] = field(default_factory=list)
 
     # ----- building -----
@@ -133,9 +136,13 @@ class Policy:
             if blocked & set(unit_orgs) or c.patient in grants.lifted:
                 continue  # the user works inside the blocked unit / provider, or lifted the block
             blocks.append(Block(c.patient, frozenset(blocked), _hsa_ids(repo, sorted(blocked))))
-        relationship = _relationship(registry, unit_orgs, access, care_relationship_days)
+        relationship = _relationship(repo, registry, unit_orgs, access, care_relationship_days)
+        rows = repo.fetch(f"SELECT DISTINCT z.compartment FROM ({relationship[0]}) z LIMIT {MAX_BOUND + 1}",
+                          relationship[1])
+        reachable = frozenset(str(r[0]) for r in rows) if len(rows) <= MAX_BOUND else None
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
-                   grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider)
+                   grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider,
+                   reachable)
 
     # ----- "recorded at" -----
 
@@ -161,7 +168,9 @@ class Policy:
         sql = (f"((r.type = 'Encounter' AND EXISTS (SELECT 1 FROM idx_reference y WHERE y.res = r.pk AND y.param = ?"
                f" AND {cond})) OR (r.type = 'EpisodeOfCare' AND EXISTS (SELECT 1 FROM idx_reference y"
                f" WHERE y.res = r.pk AND y.param = ? AND {cond})) OR EXISTS (SELECT 1 FROM idx_reference w"
-               f" JOIN resources e ON e.ref = w.ref WHERE w.res = r.pk AND w.param IN ({_marks(links)})"
+               # from this row's reference rows to the Encounters they name (CROSS JOIN keeps that order on
+               # SQLite, which otherwise scanned every Encounter per row)
+               f" CROSS JOIN resources e WHERE e.ref = w.ref AND w.res = r.pk AND w.param IN ({_marks(links)})"
                f" AND e.type = 'Encounter' AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z"
                f" WHERE z.res = e.pk AND z.param = ? AND {z})))")
         tag_sql, tag_params = tags
@@ -194,7 +203,13 @@ class Policy:
         return cond, ps
 
     def _reachable(self) -> Filter:
-        """The patients the user may reach at all: a care relationship or an emergency access."""
+        """The patients the user may reach at all: a care relationship or an emergency access.
+
+        The relationship set is read once per request (`reachable_ids`) and bound as a list when it is
+        small enough; a larger one stays a subquery (SQLite re-scanned it slower than a bound list)."""
+        if self.reachable_ids is not None:
+            ids = sorted(self.reachable_ids | self.emergency)
+            return (f"r.compartment IN ({_marks(ids)})", ids) if ids else ("1 = 0", [])
         sql, ps = self.relationship
         em = sorted(self.emergency)
         if em:
@@ -254,15 +269,22 @@ def _types() -> tuple[str, ...]:
     return tuple(r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param"))
 
 
-def _relationship(registry: Registry, unit_orgs: list[str], access: Any, days: int) -> Filter:
-    """SQL selecting the patients with a care relationship to the user's unit (or to the user)."""
+def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], access: Any, days: int) -> Filter:
+    """SQL selecting the patients with a care relationship to the user's unit (or to the user).
+
+    Each part is planned like a search (`search.plan.build`): it starts from its most selective index
+    (recent dates, open statuses, the unit's or the user's references), probed with bounded counts."""
     cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
     queries: list[tuple[str, list[tuple[str, str]]]] = []
     if unit_orgs:
         orgs = ",".join(f"Organization/{o}" for o in unit_orgs)
-        for where in ("service-provider", "location:Location.organization"):
-            queries.append(("Encounter", [(where, orgs), ("status", OPEN_ENCOUNTER)]))
-            queries.append(("Encounter", [(where, orgs), ("status", "finished"), ("date", f"ge{cutoff}")]))
+        places = [("service-provider", orgs)]
+        locations = matching_ids(repo, registry, parse(registry, "Location", [("organization", orgs)]), 1000)
+        if locations:
+            places.append(("location", ",".join(f"Location/{i}" for i in locations)))
+        for where in places:
+            queries.append(("Encounter", [where, ("status", OPEN_ENCOUNTER)]))
+            queries.append(("Encounter", [where, ("status", "finished"), ("date", f"ge{cutoff}")]))
         queries.append(("EpisodeOfCare", [("organization", orgs), ("status", "active")]))
     members = [m for m in (access.fhir_user, access.practitioner_role) if m]
     if members:
@@ -271,13 +293,10 @@ def _relationship(registry: Registry, unit_orgs: list[str], access: Any, days: i
     for type_, pairs in queries:
         query = parse(registry, type_, pairs)
         assert not query.unknown, query.unknown
-        conds = []
-        for node in query.criteria:
-            sql, ps = exists_sql(node, "q", _DEPTH)
-            conds.append(sql)
-            params += ps
-        parts.append("SELECT q.compartment FROM resources q WHERE q.deleted = 0 AND q.compartment IS NOT NULL"
-                     f" AND q.type = '{type_}' AND {' AND '.join(conds)}")
+        p = build(repo, registry, query)  # the search planner picks the most selective index to start from
+        # its alias r shadows the outer query's r inside this subquery
+        parts.append(f"SELECT r.compartment FROM {p.source} WHERE {' AND '.join(p.where)}")
+        params += p.params
     if not parts:
         return "SELECT NULL WHERE 1 = 0", []
     return " UNION ".join(parts), params
