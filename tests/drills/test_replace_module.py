@@ -101,6 +101,8 @@ def test_replace_module_drill(store: Store, tmp_path: Path) -> None:
         assert t["gaps"] == t["missed"] == t["beyond"] == t["unrecorded"] == 0
     # booking_a worked before it died, booking_b after; every referral booked once; the lab answered all
     assert report["a_killed_after"] >= 6 and report["booked_by_b"] > 0
+    # booking_a fell behind while it was down: the events it never acknowledged are booking_b's first ones
+    assert report["a_sent"] > report["a_acknowledged"] == sum(t["after_event"] for t in topics.values())
     assert report["referrals"] > 0
     assert report["unbooked"] == report["double_booked"] == 0
     assert report["a_bookings"] >= report["a_killed_after"] and report["a_bookings_unknown_to_b"] == 0

@@ -107,7 +107,9 @@ class Report:
     desk_bookings: int = 0
     write_retries: int = 0
     a_killed_after: int = 0  # referral bookings booking_a had made when it was killed
-    a_events: int = 0
+    a_events: int = 0  # events booking_a handled (its own log)
+    a_sent: int = 0  # events the platform numbered for booking_a's subscriptions, until they went off
+    a_acknowledged: int = 0  # of those, acknowledged by booking_a (the handover points)
     topics: list[TopicResult] = field(default_factory=list)
     b_redelivered: int = 0  # notifications booking_b's receiver skipped as already handled
     b_filled: int = 0  # events booking_b fetched with $events
@@ -169,7 +171,8 @@ class Report:
             f"replace-module drill: {'PASS' if self.passed else 'FAIL'} ({self.backend}, {self.seconds:.1f} s)",
             f"  clinic      {self.referrals} referrals, {self.lab_requests} lab requests, {self.desk_bookings} desk "
             f"bookings ({self.write_retries} writes retried across the restart)",
-            f"  booking_a   kill -9 after {self.a_killed_after} bookings; {self.a_events} events handled",
+            f"  booking_a   kill -9 after {self.a_killed_after} bookings; events sent {self.a_sent}, acknowledged "
+            f"{self.a_acknowledged}, handled {self.a_events} (the rest went to booking_b)",
             "  handover    " + ", ".join(f"{t.topic} after event {t.after_event}" for t in self.topics),
             f"  booking_b   events sent {sent}, received {received}, gaps or missed {gaps}, duplicates "
             f"{overlap + self.b_redelivered}"

@@ -240,6 +240,8 @@ class Drill:
         a, b = self.a_state(), self.b_state()
         a_view, b_view, lab_view = self.view("booking_a"), self.view("booking_b"), self.view("lab")
         r.a_events = len(a.events)
+        r.a_sent = sum(int(x.get("eventsSinceSubscriptionStart") or 0) for x in a_view["subscriptions"])
+        r.a_acknowledged = sum(int(x.get("acknowledgedEvent") or 0) for x in a_view["subscriptions"])
         with FhirClient(self.platform.base, self.auth("clinic", self.clinic_id, SCOPE)) as fhir:
             appointments = list(fhir.search_all("Appointment", {"status": "booked", "_count": "500"}))
             reports = list(fhir.search_all("DiagnosticReport", {"_count": "500"}))
