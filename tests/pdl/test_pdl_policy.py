@@ -1,0 +1,59 @@
+"""The PDL policy in-process on both backends: the bound-list and the subquery form of the care-relationship
+filter select the same rows (the subquery is what a unit with more than `pdl.MAX_BOUND` patients gets)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pdlkit import DOCTOR, ORTO, VC, consent, encounter, observation, org, patient
+
+from samverka.auth.access import Access
+from samverka.config import Settings
+from samverka.generate.region import build_region
+from samverka.interactions import search, transaction
+from samverka.interactions.context import Services
+from samverka.search.params import Registry
+from samverka.store.base import Repository
+
+
+def _services(repo: Repository) -> Services:
+    return Services(repo, Registry.default(), None, Settings(data_dir=Path("unused")))
+
+
+def _ids(svc: Services, type_: str, pairs: list[tuple[str, str]]) -> list[str]:
+    bundle = search.search(svc, "http://x/fhir", type_, pairs).resource
+    assert bundle is not None
+    return sorted(e["fullUrl"].rsplit("/", 1)[1] for e in bundle.get("entry", []) if e["search"]["mode"] == "match")
+
+
+def test_bound_and_subquery_relationship_filters_agree(repo: Repository) -> None:
+    svc = _services(repo)
+    resources: list[dict[str, Any]] = [
+        patient("a"), encounter("a-enc", "a", VC.id), observation("a-obs", "a", "a-enc"),
+        patient("b"), encounter("b-enc", "b", ORTO.id), observation("b-obs", "b", "b-enc"),
+        patient("e"), {"resourceType": "EpisodeOfCare", "id": "e-eoc", "status": "active",
+                       "patient": {"reference": "Patient/e"}, "managingOrganization": org(VC.id)},
+        patient("g"), encounter("g-own", "g", VC.id), observation("g-obs-own", "g", "g-own"),
+        encounter("g-orto", "g", ORTO.id), observation("g-obs-orto", "g", "g-orto"),
+        consent("g-block", "g", "deny", [ORTO.id]),
+    ]
+    entries = [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in [*[e["resource"] for e in build_region().bundle["entry"]], *resources]]
+    transaction.transaction(svc, "http://x/fhir", {"resourceType": "Bundle", "type": "transaction",
+                                                   "entry": entries}, False)
+    access = Access.from_claims({"client_id": "c", "scope": "user/*.rs", "user_hsa_id": DOCTOR.id,
+                                 "fhirUser": f"Practitioner/{DOCTOR.id}", "care_unit": VC.id,
+                                 "care_provider": build_region().provider_id,
+                                 "practitioner_role": f"PractitionerRole/{DOCTOR.role_id}"})
+    access.attach_pdl(svc)
+    assert access.policy is not None and access.policy.reachable_ids == {"a", "e", "g"}
+    bound = access.services(svc)
+    access.policy = dataclasses.replace(access.policy, reachable_ids=None)
+    subquery = access.services(svc)
+    for type_, pairs, expected in [("Patient", [], ["a", "e", "g"]),
+                                   ("Observation", [], ["a-obs", "g-obs-own"]),
+                                   ("Encounter", [("_total", "accurate")], ["a-enc", "g-own"])]:
+        assert _ids(bound, type_, pairs) == expected
+        assert _ids(subquery, type_, pairs) == expected
