@@ -33,7 +33,7 @@ def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
 def _schema_version(backend: str, where: str) -> list[int]:
     if backend == "sqlite":
         with sqlite3.connect(where) as conn:
-            return [int(conn.execute("PRAGMA user_version").fetchone()[0])]
+            return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
     with psycopg.connect(where) as pg:
         return [r[0] for r in pg.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
@@ -57,8 +57,34 @@ def test_reopening_applies_no_migration_twice(backend: str, location: str) -> No
         assert again.check() == []
     finally:
         again.close()
-    expected = [LATEST] if backend == "sqlite" else [v for v, _ in migrations("postgresql")]
-    assert _schema_version(backend, location) == expected
+    assert _schema_version(backend, location) == [v for v, _ in migrations(backend)]
+    if backend == "sqlite":
+        with sqlite3.connect(location) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
+
+
+def test_sqlite_applies_a_lower_numbered_migration_merged_late(tmp_path: Path) -> None:
+    """A store that has later versions but lacks an earlier one (0010 merged after 0011 had been applied)
+    gets it on the next open."""
+    where = tmp_path / "db.sqlite"
+    SqliteRepository(str(where)).close()
+    with sqlite3.connect(where) as conn:
+        conn.execute("DROP INDEX resources_type_updated")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 10")
+    SqliteRepository(str(where)).close()
+    with sqlite3.connect(where) as conn:
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'resources_type_updated'").fetchone()
+    assert _schema_version("sqlite", str(where)) == [v for v, _ in migrations("sqlite")]
+
+
+def test_sqlite_store_from_before_the_table_keeps_its_versions(tmp_path: Path) -> None:
+    """A store that only knew `user_version` has every version up to it recorded, and nothing re-run."""
+    where = tmp_path / "db.sqlite"
+    SqliteRepository(str(where)).close()
+    with sqlite3.connect(where) as conn:
+        conn.execute("DROP TABLE schema_migrations")
+    SqliteRepository(str(where)).close()
+    assert _schema_version("sqlite", str(where)) == [v for v, _ in migrations("sqlite")]
 
 
 @pytest.mark.postgres

@@ -52,25 +52,49 @@ def connect(path: Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration newer than the database's `user_version`; return the version reached."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    """Apply every migration not yet recorded in `schema_migrations`; return the highest version.
+
+    Versions are recorded one by one (as on PostgreSQL), so a migration merged with a lower number
+    than one already applied still runs. A database from before that table existed has its versions
+    up to `user_version` recorded as applied. `user_version` keeps the highest version, for tools.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+                            ).fetchone():
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL"
+                         " DEFAULT CURRENT_TIMESTAMP)")
+            before = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.executemany("INSERT INTO schema_migrations (version) VALUES (?)",
+                             [(v,) for v, _sql in migrations("sqlite") if v <= before])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
     for version, sql in migrations("sqlite"):
-        if version <= current:
+        if version in applied:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                conn.execute("COMMIT")  # another process applied it meanwhile
+                applied.add(version)
+                continue
             for statement in sql.split(";\n"):
                 if statement.strip():
                     conn.execute(statement)
             if version == REF_MIGRATION:
                 backfill_refs(lambda q, ps: conn.execute(q, ps).fetchall(), conn.executemany)
-            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+            top = max(applied | {version})
+            conn.execute(f"PRAGMA user_version = {int(top)}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        current = version
-    return int(current)
+        applied.add(version)
+    return max(applied, default=0)
 
 
 class SqliteUnitOfWork:
