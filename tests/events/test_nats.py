@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -228,3 +230,12 @@ def test_several_workers_publish_one_ordered_stream(
         assert srv.log().count("NATS bridge: publishing the outbox") == 1, srv.log()
     finally:
         srv.stop()
+
+
+def test_serve_refuses_a_stream_name_nats_cannot_use(tmp_path: Path) -> None:
+    """--nats-stream must be a JetStream stream name (no dots, spaces or wildcards): exit 2 with a reason."""
+    r = subprocess.run([sys.executable, "-c", "from samverka.cli import main; main()", "serve", "--data-dir",
+                        str(tmp_path), "--port", "18998", "--auth", "off", "--nats", "nats://127.0.0.1:4222",
+                        "--nats-stream", "samverka.events"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--nats-stream 'samverka.events': a stream name is letters, digits" in r.stderr
