@@ -174,8 +174,11 @@ class Drill:
         clinic.start()
         try:
             # 3. booking_a books a few referrals, then dies in the middle of the stream
+            # watched closely, so that the kill can land between booking_a's handling of an event and the
+            # platform's record of its acknowledgement (at-least-once then hands that event to booking_b too;
+            # in practice the window is a few milliseconds and the overlap is usually 0)
             wait(lambda: len(self.a_state().booked) >= o.kill_after or clinic.error, o.timeout,
-                 f"booking_a to book {o.kill_after} referrals")
+                 f"booking_a to book {o.kill_after} referrals", every=0.002)
             a_auth = self.auth("booking_a", a_view["clientId"], MODULE_SCOPE["booking_a"])
             with httpx.Client(timeout=20) as http:
                 a_token = a_auth.get(http)
