@@ -3,17 +3,22 @@ several worker processes (exactly one delivers)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventkit import Receiver, create, lab_result, subscribe, subscription
 from test_outbox import _store
 
 from conftest import QUICK
-from samverka.events import delivery_state
+from samverka.api.server import build_services
+from samverka.config import Settings
+from samverka.events import Outboxing, delivery_state
+from samverka.interactions import create as create_interaction
 from support.server import BACKENDS, RunningServer, expect_outcome, launch, start_server
 
 
@@ -124,8 +129,9 @@ def test_several_workers_deliver_once_in_order(backend: str, request: pytest.Fix
 
 def test_handover_continues_after_the_predecessors_last_acknowledged_event(server: RunningServer,
                                                                           receiver: Receiver) -> None:
-    """A Subscription with `subscription-handover` afterSequence (set by `samverka module replace`) gets
-    every matching event committed after that outbox position — also those committed before it existed —
+    """A Subscription with `subscription-handover` afterSequence (written by the module registry, the
+    only writer allowed to set it: `Outboxing.as_registry`) gets every matching event committed after
+    that outbox position — also those committed before it existed —
     numbered from 1, in order, and then the live ones."""
     old = subscribe(server, receiver, "lab-result", filter_="Observation?patient=Patient/p-hand")
     first = [create(server, lab_result("p-hand"))["id"] for _ in range(2)]
@@ -143,9 +149,9 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
     new = subscription("lab-result", receiver.url, filter_="Observation?patient=Patient/p-hand")
     new["extension"] = [{"url": "https://samverka.se/fhir/StructureDefinition/subscription-handover",
                          "extension": [{"url": "afterSequence", "valueString": str(after)}]}]
-    r = server.client.post("/Subscription", json=new)
-    assert r.status_code == 201, r.text
-    new_id = r.json()["id"]
+    issues = expect_outcome(server.client.post("/Subscription", json=new), 422)  # not from a client
+    assert issues[0]["expression"] == ["Subscription.extension[0].extension[0].valueString"]
+    new_id = _registry_create(server, new)  # as `samverka module replace` writes it
     live = create(server, lab_result("p-hand"))["id"]
     got = receiver.events(new_id, 3)
     focus = [e["focus"]["reference"].rsplit("/", 1)[-1] for r in got for e in r.status["notification-event"]]
@@ -156,3 +162,20 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
                                  "extension": [{"url": "afterSequence", "valueString": "-1"}]}]}
     issues = expect_outcome(server.client.post("/Subscription", json=bad), 422)
     assert issues[0]["expression"] == ["Subscription.extension[0].extension[0].valueString"]
+
+
+def _registry_create(server: RunningServer, body: dict[str, Any]) -> str:
+    """Create a Subscription through the event core as the module registry does (in this process, on the
+    running server's store; its delivery worker picks it up from the database)."""
+    args = server.args
+    database = args[args.index("--database") + 1] if "--database" in args else None
+    data_dir = Path(args[args.index("--data-dir") + 1]) if "--data-dir" in args else None
+    svc = build_services(Settings(data_dir=data_dir, database=database, auth=False))
+    try:
+        assert isinstance(svc.repo, Outboxing)
+        registry = dataclasses.replace(svc, repo=svc.repo.as_registry())
+        result = create_interaction.create(registry, "Subscription", body, None)
+        assert result.status == 201 and result.version is not None
+        return result.version.id
+    finally:
+        svc.repo.close()

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from typing import Any
 
@@ -228,10 +229,12 @@ def test_sockets_on_any_worker_get_every_event(two_workers: RunningServer) -> No
     sub_id = subscribe_ws(srv)
     sockets: list[Socket] = []
     try:
-        while len(sockets) < 6 or len(_binding_processes(srv, sub_id)) < 2:
-            assert len(sockets) < 40, "every socket landed on the same worker process"
-            sockets.append(Socket(srv, sub_id))
-            assert sockets[-1].next().kind == "handshake"
+        with ThreadPoolExecutor(8) as pool:  # connections at the same moment: both workers accept some
+            while len(_binding_processes(srv, sub_id)) < 2:
+                assert len(sockets) < 48, "every socket landed on the same worker process"
+                batch = list(pool.map(lambda _: Socket(srv, sub_id), range(8)))
+                sockets += batch
+                assert all(ws.next().kind == "handshake" for ws in batch)
         leader = re.findall(r"delivering subscription notifications \(lease [^:]+:(\d+):", srv.log())
         assert leader and _binding_processes(srv, sub_id) - {leader[-1]}  # a socket away from the leader
         for _ in range(8):
