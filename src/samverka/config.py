@@ -19,6 +19,10 @@ class Settings:
     max_page_size: int = 1000
     validate_writes: bool = True
     auth: bool = True  # SMART on FHIR bearer tokens required (samverka.auth); off only on loopback, for development
+    # PostgreSQL: wait for the WAL flush of each read's audit record before answering (True), or commit it
+    # asynchronously (False: durable against any crash of Samverka or PostgreSQL, lost only if the host itself
+    # fails within ~0.2 s, the same guarantee as SQLite's WAL with synchronous=NORMAL). Writes always flush.
+    audit_read_flush: bool = False
     public_url: str | None = None  # the origin clients use (https://fhir.example.se); None: from each request
     # external identity providers trusted for the JWT-bearer grant: "ISSUER=JWKS" (file or loopback URL)
     trusted_issuers: tuple[str, ...] = ()

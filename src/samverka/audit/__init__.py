@@ -82,7 +82,7 @@ class Auditor:
     def __init__(self, repo: Repository, settings: Any = None) -> None:
         self.repo = repo
         self.system_hsa_id = str(getattr(settings, "system_hsa_id", None) or SYSTEM_HSA_ID)
-        self.reads = GroupCommit(repo)
+        self.reads = GroupCommit(repo, flush=bool(getattr(settings, "audit_read_flush", False)))
 
     def services(self, svc: Services, who: Who) -> Services:
         """The request's services: write transactions append their records before committing."""

@@ -184,8 +184,9 @@ class GroupCommit:
     cached between commits and checked in the same UPDATE that moves it (`chain.append_prepared`).
     """
 
-    def __init__(self, repo: Repository, max_batch: int = 512) -> None:
+    def __init__(self, repo: Repository, max_batch: int = 512, flush: bool = False) -> None:
         self.repo = repo
+        self.flush = flush  # PostgreSQL: wait for the WAL flush (Settings.audit_read_flush)
         self.max_batch = max_batch
         self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
         self._scheduled = False
@@ -252,6 +253,9 @@ class GroupCommit:
         repo = self._writer_repo()
         try:
             with repo.transaction() as uow:
+                if repo.dialect == "postgresql" and not self.flush:
+                    # a read's record commits asynchronously: no WAL flush (~5 ms on a virtual disk) per read
+                    uow.execute("SET LOCAL synchronous_commit = off", ())
                 head = chain.append_prepared(uow, prepared, repo.dialect, self._head)
         except BaseException:
             self._head = None  # read it again under the lock next time
