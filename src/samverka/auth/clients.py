@@ -111,7 +111,7 @@ def register(repo: Repository, meta: Any) -> store.Client:
         accepted["redirect_uris"] = redirect_uris
     if jwks is not None:
         accepted["jwks"] = jwks
-    client = store.Client(secrets.token_urlsafe(18), name.strip(), method, accepted["scope"], tuple(grants),
+    client = store.Client(new_client_id(), name.strip(), method, accepted["scope"], tuple(grants),
                           jwks, jwks_uri, accepted, store.now(), None)
     store.add_client(repo, client)
     return client
@@ -249,3 +249,11 @@ def _check_claims(claims: dict[str, Any], client_id: str, token_url: str) -> Non
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 255:
         raise _bad("client_assertion needs a jti (at most 255 characters)")
+
+
+def new_client_id() -> str:
+    """A random client_id that never starts with '-', so it can be passed to `samverka client revoke ID`
+    without being read as an option."""
+    while (cid := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return cid
