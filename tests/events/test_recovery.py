@@ -136,10 +136,15 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
     old = subscribe(server, receiver, "lab-result", filter_="Observation?patient=Patient/p-hand")
     first = [create(server, lab_result("p-hand"))["id"] for _ in range(2)]
     receiver.events(old, 2)
-    body = server.client.get(f"/Subscription/{old}").json()
-    assert server.client.put(f"/Subscription/{old}", json={**body, "status": "off"}).status_code == 200
     store = _store(server)
     try:
+        # the receiver has the POST before the server has recorded its 2xx: wait for the acknowledgement
+        deadline = time.monotonic() + 15
+        while (state := delivery_state(store, old)) is not None and state["acknowledgedEvent"] != 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = server.client.get(f"/Subscription/{old}").json()
+        assert server.client.put(f"/Subscription/{old}", json={**body, "status": "off"}).status_code == 200
         [(after,)] = store.fetch("SELECT seq FROM event_notification WHERE sub = ? AND number = 2", (old,))
         state = delivery_state(store, old)
         assert state is not None and state["acknowledgedEvent"] == 2 and state["acknowledgedSequence"] == after
