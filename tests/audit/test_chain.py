@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from samverka.audit import chain
+from samverka.audit import chain, side
 from samverka.audit.model import Entity, Who, columns, event
 from samverka.store import Repository
 from samverka.store.sqlite import SqliteRepository
@@ -27,10 +27,12 @@ def _raw(repo: Repository, *statements: tuple[str, tuple[object, ...]]) -> None:
     """Tamper as a database administrator would: switch the append-only triggers off first."""
     with repo.transaction() as uow:
         if repo.dialect == "sqlite":
-            for name in ("audit_log_no_update", "audit_log_no_delete", "audit_head_no_delete"):
+            for name in ("audit_log_no_update", "audit_log_no_delete", "audit_head_no_delete",
+                         "audit_patient_no_change", "audit_patient_no_delete"):
                 uow.execute(f"DROP TRIGGER IF EXISTS {name}", ())
         else:
             uow.execute("ALTER TABLE audit_log DISABLE TRIGGER USER", ())
+            uow.execute("ALTER TABLE audit_patient DISABLE TRIGGER USER", ())
         for sql, params in statements:
             uow.execute(sql, params)
 
@@ -62,6 +64,7 @@ def test_clean_chain_verifies(repo: Repository) -> None:
 
 def test_the_tables_refuse_update_and_delete(repo: Repository) -> None:
     chain.write(repo, _events(1))
+    assert side.catch_up(repo) == 1
     for sql in ("UPDATE audit_log SET outcome = '8'", "DELETE FROM audit_log", "DELETE FROM audit_patient"):
         with pytest.raises(Exception, match="append-only"), repo.transaction() as uow:
             uow.execute(sql, ())
@@ -81,6 +84,22 @@ def test_an_edited_search_column_is_found(repo: Repository) -> None:
     chain.write(repo, _events(4))
     _raw(repo, ("UPDATE audit_log SET user_id = ? WHERE pos = 2", ("SE2321000131-P000000000099",)))
     assert chain.verify(repo).broken_at == 2
+
+
+def test_patient_and_entity_rows_follow_the_chain_and_are_checked(repo: Repository) -> None:
+    """audit.side: rows are written behind the watermark; up to it they must be exact, after it absent."""
+    chain.write(repo, _events(4))
+    assert repo.fetch("SELECT count(*) FROM audit_patient", ())[0][0] == 0
+    assert side.backlog(repo) == 4 and chain.verify(repo).ok
+    assert side.catch_up(repo, limit=3, chunk=2) == 3  # two transactions: 2 + 1
+    assert side.watermark(repo) == 3 and side.backlog(repo) == 1 and chain.verify(repo).ok
+    indexed = {(str(p), int(pos)) for p, pos in repo.fetch("SELECT patient, pos FROM audit_patient", ())}
+    assert indexed == {(p, pos) for pos in (1, 2, 3) for p in columns(_events(4)[pos - 1]).patients}
+    _raw(repo, ("INSERT INTO audit_patient (patient, pos) VALUES ('someone-else', 4)", ()))  # ahead of the mark
+    assert chain.verify(repo).broken_at == 4
+    _raw(repo, ("DELETE FROM audit_patient WHERE pos = 4", ()), ("DELETE FROM audit_patient WHERE pos = 2", ()))
+    v = chain.verify(repo)
+    assert (v.broken_at, v.reason) == (2, "its patient or entity rows differ from its AuditEvent")
 
 
 def test_a_deleted_record_is_found(repo: Repository) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from samverka.audit import chain
+from samverka.audit import chain, side
 from samverka.audit.model import Entity, Who, event
 from samverka.audit.recorder import GroupCommit
 from samverka.store import Repository
@@ -115,7 +115,29 @@ def test_multi_row_appends_keep_every_derived_row(repo: Repository, n: int) -> N
                                                                     Entity("Condition", f"c{i}")], query="x=1")
               for i in range(n)]
     chain.write(repo, events)
+    assert side.catch_up(repo) == n
     assert repo.fetch("SELECT count(*) FROM audit_patient", ())[0][0] == 2 * n
     assert repo.fetch("SELECT count(*) FROM audit_entity", ())[0][0] == 4 * n
     v = chain.verify(repo)
     assert v.ok and v.checked == n, v
+
+
+def test_the_committing_thread_indexes_behind_the_chain(repo: Repository) -> None:
+    """Reads' records, and records appended elsewhere (a write transaction), get their patient and entity
+    rows from the committing thread without any query asking (audit.side), in chunks between batches."""
+
+    async def main(gc: GroupCommit) -> None:
+        gc.start()
+        await asyncio.gather(*(gc.write([_event(i)]) for i in range(150)))
+        chain.write(repo, [_event(1000)])  # appended by another connection: found by the periodic tick
+        for _ in range(100):
+            if side.backlog(repo) == 0:
+                break
+            await asyncio.sleep(0.05)
+
+    with _group(repo) as gc:
+        asyncio.run(main(gc))
+        assert gc.indexed == 151
+    assert side.backlog(repo) == 0 and side.watermark(repo) == 151
+    assert repo.fetch("SELECT count(*) FROM audit_entity", ())[0][0] == 2 * 151  # the Observation and the Patient
+    assert chain.verify(repo).ok

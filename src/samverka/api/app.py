@@ -332,9 +332,11 @@ def create_app(services: Services, deliver: bool = False) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if deliver and services.settings.events:
             api.events.start()
+        api.audit.reads.start()  # the audit log's patient and entity index follows the chain (audit.side)
         try:
             yield
         finally:
+            api.audit.reads.stop()
             await api.events.stop()
             await api.ws.stop()
 

@@ -4,6 +4,8 @@ Tamper evidence for the IHE BALP records (https://profiles.ihe.net/ITI/BALP/): r
 `hash_n = sha256("n" LF hash_{n-1} LF data_n)` where `data_n` is the exact AuditEvent JSON. Appends read
 and move `audit_head` under the database write lock (SQLite `BEGIN IMMEDIATE`; PostgreSQL
 `SELECT ... FOR UPDATE` on the head row), so every process extends one linear chain without gaps.
+The rows that index records by patient and entity are written behind the chain (`side`); `verify`
+checks them up to its watermark, and that there are none after it.
 """
 
 from __future__ import annotations
@@ -84,10 +86,7 @@ def append_prepared(uow: UnitOfWork, prepared: Sequence[Prepared], dialect: str,
         row = uow.execute(f"SELECT pos, hash FROM audit_head WHERE one = 1{lock}", ())[0]
         rows, moved = _linked(prepared, (int(row[0]), str(row[1])))
         uow.execute("UPDATE audit_head SET pos = ?, hash = ? WHERE one = 1", moved)
-    _insert(uow, "audit_log", _LOG_COLS, rows)
-    pairs = list(zip(prepared, rows, strict=True))
-    _insert(uow, "audit_patient", "patient, pos", [(p, r[0]) for (_d, c), r in pairs for p in c.patients])
-    _insert(uow, "audit_entity", "ref, pos", [(ref, r[0]) for (_d, c), r in pairs for ref in c.refs])
+    _insert(uow, "audit_log", _LOG_COLS, rows)  # its patient and entity rows follow (audit.side)
     return moved
 
 
@@ -138,6 +137,23 @@ def _side(repo: Repository, table: str, col: str, lo: int, hi: int) -> dict[int,
     return out
 
 
+def _mark(repo: Repository) -> int:
+    return int(repo.fetch("SELECT pos FROM audit_indexed WHERE one = 1", ())[0][0])
+
+
+def _side_rows_match(repo: Repository, pos: int, mark: int, c: Columns, patients: set[str], refs: set[str]) -> bool:
+    """Up to the watermark `mark` (read before the rows) a record has exactly its patient and entity rows;
+    after it, none yet. Rows an indexer wrote after `mark` was read are read again with the new mark."""
+    if pos > mark:
+        if not patients and not refs:
+            return True
+        if pos > _mark(repo):
+            return False
+        patients = _side(repo, "audit_patient", "patient", pos, pos).get(pos, set())
+        refs = _side(repo, "audit_entity", "ref", pos, pos).get(pos, set())
+    return patients == set(c.patients) and refs == set(c.refs)
+
+
 def verify(repo: Repository, batch: int = 2000) -> Verdict:
     """Walk the chain in order; the first edited, deleted, inserted or reordered record breaks it."""
     expected, prev, checked = 1, GENESIS, 0
@@ -148,6 +164,7 @@ def verify(repo: Repository, batch: int = 2000) -> Verdict:
         if not rows:
             return None
         lo, hi = int(rows[0][0]), int(rows[-1][0])
+        mark = _mark(repo)  # before the rows: what it covers is complete in them
         patients = _side(repo, "audit_patient", "patient", lo, hi)
         refs = _side(repo, "audit_entity", "ref", lo, hi)
         for pos, id_, recorded, action, outcome, subtype, purpose, user, unit, prov, client, data, ph, h in rows:
@@ -167,7 +184,7 @@ def verify(repo: Repository, batch: int = 2000) -> Verdict:
             if stored != (c.id, c.recorded, c.action, c.outcome, c.subtype, c.purpose, c.user_id, c.unit_id,
                           c.provider_id, c.client_id):
                 return Verdict(checked, pos, "its search columns differ from its AuditEvent")
-            if patients.get(pos, set()) != set(c.patients) or refs.get(pos, set()) != set(c.refs):
+            if not _side_rows_match(repo, pos, mark, c, patients.get(pos, set()), refs.get(pos, set())):
                 return Verdict(checked, pos, "its patient or entity rows differ from its AuditEvent")
             prev, expected, checked = h, expected + 1, checked + 1
         return None

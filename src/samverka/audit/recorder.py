@@ -9,11 +9,16 @@ IHE BALP (https://profiles.ihe.net/ITI/BALP/) records for FHIR REST interactions
   per batch: everything that arrived while the previous batch committed (at least everything of one
   event-loop turn). Each read's response waits for the commit of its record: durable before the data
   leaves the server, at the cost of one commit per batch rather than per read.
+- **Index.** The same thread writes the records' patient and entity rows (`side`) in small chunks when
+  no read is waiting: every `side.TICK` seconds once `start`ed, and sooner once `side.EAGER` reads are
+  behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,9 +30,10 @@ from ..errors import Category, FhirError
 from ..store import Current, HistoryEntry, HistoryQuery, IndexRows, Repository, UnitOfWork, Version, Write
 from ..store.base import Head
 from ..store.hashing import h64
-from . import chain
+from . import chain, side
 from .model import Entity, Who, event
 
+log = logging.getLogger(__name__)
 _SUBTYPE = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -196,6 +202,12 @@ class GroupCommit:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-commit")
         self.commits = 0
         self.records = 0
+        self.indexed = 0
+        self._unindexed = False  # records may be waiting for their patient and entity rows
+        self._indexing = False  # a chunk is queued or running in the committing thread
+        self._behind = 0  # reads committed since the last chunk started
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
 
     async def write(self, events: list[dict[str, Any]]) -> None:
         """Return once `events` are committed; raise if they could not be (the read must then fail)."""
@@ -244,8 +256,66 @@ class GroupCommit:
                 f.set_result(None)
             else:  # every waiting read fails rather than answering unaudited
                 f.set_exception(exc)
+        if exc is None:
+            self._behind += len(batch)
+            if self._behind >= side.EAGER:  # else the next tick: not after every read (it would wait)
+                self._unindexed = True
+        self._next(loop)
+
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reads waiting go first; when none are, one chunk of the patient and entity index (audit.side).
+
+        The chunk runs in the same thread, so a batch arriving meanwhile waits at most one chunk. Its
+        completion is noted by the thread itself: a loop that ends meanwhile leaves nothing stuck."""
+        if self._busy:
+            return
         if self._pending:
             self._start(loop)
+        elif self._unindexed and not self._indexing and not self._closed:
+            self._indexing, self._unindexed, self._behind = True, False, 0
+            try:
+                done = self._pool.submit(self._index)
+            except RuntimeError:  # closed
+                self._indexing = False
+                return
+            done.add_done_callback(lambda d: self._indexed(loop, d))
+
+    def _indexed(self, loop: asyncio.AbstractEventLoop, done: Future[int]) -> None:
+        """In the committing thread: a full chunk means more may wait, so ask the loop for another."""
+        self._indexing = False
+        exc = done.exception()
+        if exc is not None:  # the index waits for the next chunk or query; reads are not affected
+            log.error("audit index chunk failed", exc_info=exc)
+        elif done.result() >= side.CHUNK:
+            self._unindexed = True
+            with contextlib.suppress(RuntimeError):  # that loop is closed: the next tick or query goes on
+                loop.call_soon_threadsafe(self._next, loop)
+
+    def _index(self) -> int:
+        """In the committing thread: index the next chunk of records (ours and other processes')."""
+        repo = self._writer_repo()
+        if side.backlog(repo) <= 0:
+            return 0
+        with repo.transaction() as uow:
+            if repo.dialect == "postgresql" and not self.flush:
+                uow.execute("SET LOCAL synchronous_commit = off", ())  # derived rows: rebuilt if ever lost
+            n = side.index_chunk(uow, repo.dialect, side.CHUNK)
+        self.indexed += n
+        return n
+
+    def start(self) -> None:
+        """Index at least every `side.TICK` seconds, also what other processes and write transactions
+        appended (call from the event loop; `close` stops it)."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            if self._closed or self._timer is None:
+                return
+            self._unindexed = True
+            self._next(loop)
+            self._timer = loop.call_later(side.TICK, tick)
+
+        self._timer = loop.call_later(side.TICK, tick)
 
     def _commit(self, events: list[dict[str, Any]]) -> None:
         """In the committing thread: prepare, link and append `events` in one transaction."""
@@ -277,7 +347,15 @@ class GroupCommit:
                 self._writer = self.repo  # PostgreSQL: a pooled connection per transaction
         return self._writer
 
+    def stop(self) -> None:
+        """Stop the periodic indexing (`start`); reads still commit."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
+        self._closed = True
+        self.stop()
         self._pool.shutdown(wait=True)
         if self._writer is not None and self._writer is not self.repo:
             self._writer.close()
