@@ -101,6 +101,24 @@ def test_a_search_writes_one_record_with_every_patient(audit_server: AuthServer,
             searches[0]["id"]]
 
 
+def test_a_search_record_names_the_patients_of_included_resources_too(audit_server: AuthServer,
+                                                                       clients: Clients) -> None:
+    """The patients come from the rows the search read (matches and includes), not from a second lookup."""
+    with audit_server.fhir(clients.full) as fhir:
+        a, b = _patient(fhir), _patient(fhir)
+        enc = _post(fhir, "/Encounter", {"resourceType": "Encounter", "status": "finished", "class": {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": f"Patient/{a}"}})
+        obs = _post(fhir, "/Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                           "subject": {"reference": f"Patient/{b}"},
+                                           "encounter": {"reference": f"Encounter/{enc}"}})
+        r = fhir.get("/Encounter", params={"_id": enc, "_revinclude": "Observation:encounter"})
+        assert [e["search"]["mode"] for e in r.json()["entry"]] == ["match", "include"]
+    [record] = [e for e in _events(audit_server, clients.auditor, patient=b, subtype="search-type")]
+    assert columns(record).patients == tuple(sorted([a, b]))
+    assert {"Encounter/" + enc, "Observation/" + obs} <= set(columns(record).refs)
+
+
 def test_a_transaction_records_its_writes_in_it(audit_server: AuthServer, clients: Clients) -> None:
     with audit_server.fhir(clients.full) as fhir:
         pid = _patient(fhir)

@@ -102,7 +102,10 @@ class Auditor:
             return
         entities = returned(result.resource, result.version)
         asked = self._url_entity(parts, subtype)
-        patients = compartments(self.repo, [*entities, *asked]) if entities or asked else []
+        if result.patients is not None:  # a search read its rows' compartments already
+            patients = sorted(set(result.patients) | set(compartments(self.repo, asked) if asked else ()))
+        else:
+            patients = compartments(self.repo, [*entities, *asked]) if entities or asked else []
         for e in asked:
             if e.type == "Patient" and e.id not in patients and subtype == "search-type":
                 patients.append(e.id)  # the compartment asked about, even when nothing matched

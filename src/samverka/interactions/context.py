@@ -65,3 +65,4 @@ class Result:
     version: Version | None = None  # a stored version; its bytes are sent as they are
     headers: dict[str, str] = field(default_factory=dict)
     outcome: dict[str, Any] | None = None  # an OperationOutcome for Prefer: return=OperationOutcome
+    patients: list[str] | None = None  # a search's patient compartments (for its audit record); None: unknown

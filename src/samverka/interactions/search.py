@@ -14,6 +14,7 @@ import orjson
 from ..errors import Category, FhirError, invalid
 from ..search import include, plan
 from ..search.query import InCompartment
+from ..store import Version
 from .bundles import full_url, link, new_bundle, resource_fragment, url_with
 from .context import Result, Services
 from .writes import check_type
@@ -59,6 +60,7 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
         {"fullUrl": full_url(base, v), "resource": resource_fragment(v), "search": {"mode": "match"}}
         for v in pg.versions
     ]
+    added: list[Version] = []
     if specs:
         added, truncated = include.resolve(svc.repo, specs, pg.versions, filters)
         entries += [{"fullUrl": full_url(base, v), "resource": resource_fragment(v), "search": {"mode": "include"}}
@@ -80,7 +82,8 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": issues},
                         "search": {"mode": "outcome"}})
     bundle["entry"] = entries
-    return Result(200, resource=bundle)
+    patients = sorted({v.compartment for v in [*pg.versions, *added] if v.compartment})
+    return Result(200, resource=bundle, patients=patients)
 
 
 def _links(base: str, path: str, used: list[tuple[str, str]], direction: str, cursor: list[Any] | None,

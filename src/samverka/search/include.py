@@ -60,11 +60,11 @@ def _spec(registry: Registry, name: str, raw: str) -> Spec:
 
 
 def _versions(rows: Sequence[tuple[Any, ...]]) -> list[Version]:
-    return [Version(t, i, v, format_instant(ts), m, bytes(d) if d is not None else None)
-            for t, i, v, ts, m, d in rows]
+    return [Version(t, i, v, format_instant(ts), m, bytes(d) if d is not None else None, c)
+            for t, i, v, ts, m, d, c in rows]
 
 
-_COLS = "r.type, r.id, h.version, h.last_updated, h.method, h.data"
+_COLS = "r.type, r.id, h.version, h.last_updated, h.method, h.data, r.compartment"
 
 
 def resolve(db: Fetcher, specs: list[Spec], page: list[Version],

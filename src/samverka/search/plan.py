@@ -264,17 +264,18 @@ def page(db: Fetcher, plan: Plan, count: int, cursor: list[Any] | None, backward
     order, order_params = _order_by(plan.sort, reverse=backwards)
     keys = ", ".join(k.expr for k in plan.sort)
     key_params = [p for k in plan.sort for p in k.params]
-    sql = (f"SELECT r.type, r.id, h.version, h.last_updated, h.method, h.data, {keys} FROM {plan.source}"
+    sql = (f"SELECT r.type, r.id, h.version, h.last_updated, h.method, h.data, r.compartment, {keys}"
+           f" FROM {plan.source}"
            f" JOIN history h ON h.seq = r.seq WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?")
     rows = db.fetch(sql, [*key_params, *params, *order_params, count + 1])
     more = len(rows) > count
     rows = rows[:count]
     if backwards:
         rows.reverse()
-    out = [Version(t, i, v, format_instant(ts), m, bytes(d) if d is not None else None)
-           for t, i, v, ts, m, d, *_ in rows]
-    first = list(rows[0][6:]) if rows else None
-    last = list(rows[-1][6:]) if rows else None
+    out = [Version(t, i, v, format_instant(ts), m, bytes(d) if d is not None else None, c)
+           for t, i, v, ts, m, d, c, *_ in rows]
+    first = list(rows[0][7:]) if rows else None
+    last = list(rows[-1][7:]) if rows else None
     return Page(out, first, last, more)
 
 

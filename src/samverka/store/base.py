@@ -68,6 +68,8 @@ class Version:
     last_updated: str  # FHIR instant
     method: str  # POST | PUT | PATCH | DELETE
     data: bytes | None
+    # the patient compartment the row belongs to, when the query read it (searches: for the audit record)
+    compartment: str | None = field(default=None, compare=False)
 
     @property
     def deleted(self) -> bool:
