@@ -217,16 +217,16 @@ def _agent_values(ev: dict[str, Any]) -> list[str | None]:
 def columns(ev: dict[str, Any]) -> Columns:
     """What the store indexes for `ev`: derived only from the AuditEvent itself."""
     patients: list[str] = []
-    refs: list[str] = []
-    for e in ev.get("entity", []):
+    refs: dict[str, None] = {}  # ordered, without repeats
+    for e in ev.get("entity", ()):
         ref = e.get("what", {}).get("reference")
         if not ref:
             continue
-        base = "/".join(ref.split("/")[:2])
-        if base not in refs:
-            refs.append(base)
-        if e.get("role", {}).get("code") == "1" and base.startswith("Patient/"):
-            patients.append(base.split("/")[1])
+        parts = ref.split("/", 2)
+        base = f"{parts[0]}/{parts[1]}" if len(parts) > 1 else parts[0]
+        refs[base] = None
+        if parts[0] == "Patient" and len(parts) > 1 and e.get("role", {}).get("code") == "1":
+            patients.append(parts[1])
     purpose = ev["purposeOfEvent"][0]["coding"][0]["code"]
     user, unit, provider, client = _agent_values(ev)
     return Columns(ev["id"], parse_instant(ev["recorded"]), ev["action"], ev["outcome"], ev["subtype"][0]["code"],
