@@ -141,3 +141,20 @@ def test_the_committing_thread_indexes_behind_the_chain(repo: Repository) -> Non
     assert side.backlog(repo) == 0 and side.watermark(repo) == 151
     assert repo.fetch("SELECT count(*) FROM audit_entity", ())[0][0] == 2 * 151  # the Observation and the Patient
     assert chain.verify(repo).ok
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_read_records_commit_asynchronously_unless_flush_is_asked(repo: Repository, flush: bool) -> None:
+    """PostgreSQL: the committing thread's own connection skips the WAL flush per read record (the same
+    guarantee as SQLite's synchronous=NORMAL), and waits for it with `serve --audit-read-flush`."""
+    if repo.dialect != "postgresql":
+        pytest.skip("a PostgreSQL session setting")
+    gc = GroupCommit(repo, flush=flush)
+    try:
+        asyncio.run(gc.write([_event(1)]))
+        writer = gc._writer_repo()
+        assert writer is not repo
+        assert writer.fetch("SHOW synchronous_commit", ())[0][0] == ("on" if flush else "off")
+        assert repo.fetch("SHOW synchronous_commit", ())[0][0] == "on"  # requests' writes always flush
+    finally:
+        gc.close()

@@ -297,8 +297,7 @@ class GroupCommit:
         if side.backlog(repo) <= 0:
             return 0
         with repo.transaction() as uow:
-            if repo.dialect == "postgresql" and not self.flush:
-                uow.execute("SET LOCAL synchronous_commit = off", ())  # derived rows: rebuilt if ever lost
+            self._async_commit(repo, uow)  # derived rows: written again by the next chunk if ever lost
             n = side.index_chunk(uow, repo.dialect, side.CHUNK)
         self.indexed += n
         return n
@@ -323,9 +322,8 @@ class GroupCommit:
         repo = self._writer_repo()
         try:
             with repo.transaction() as uow:
-                if repo.dialect == "postgresql" and not self.flush:
-                    # a read's record commits asynchronously: no WAL flush (~5 ms on a virtual disk) per read
-                    uow.execute("SET LOCAL synchronous_commit = off", ())
+                # a read's record commits asynchronously: no WAL flush (~5 ms on a virtual disk) per read
+                self._async_commit(repo, uow)
                 head = chain.append_prepared(uow, prepared, repo.dialect, self._head)
         except BaseException:
             self._head = None  # read it again under the lock next time
@@ -337,15 +335,28 @@ class GroupCommit:
     def _writer_repo(self) -> Repository:
         if self._writer is None:
             path = getattr(self.repo, "path", None)
+            url = getattr(self.repo, "url", None)
             if self.repo.dialect == "sqlite" and path is not None:
                 from ..store.sqlite import SqliteRepository
 
                 self._writer = SqliteRepository(path)  # its own connection: the loop's stays free for reads
                 # it only appends (a batch touches the right edges and a few index pages per record): 8 MiB, not 32
                 self._writer.fetch("PRAGMA cache_size = -8192", ())
+            elif self.repo.dialect == "postgresql" and url:
+                from ..store.postgres import PostgresRepository
+
+                # one connection of its own, no pool checkout per batch; asynchronous commit is set once
+                # for the session rather than with a SET LOCAL round trip per transaction
+                self._writer = PostgresRepository(str(url), min_size=1, max_size=1,
+                                                  session=None if self.flush else {"synchronous_commit": "off"})
             else:
-                self._writer = self.repo  # PostgreSQL: a pooled connection per transaction
+                self._writer = self.repo
         return self._writer
+
+    def _async_commit(self, repo: Repository, uow: UnitOfWork) -> None:
+        """PostgreSQL without `flush`: commit without waiting for the WAL flush (unless the session does)."""
+        if repo.dialect == "postgresql" and not self.flush and repo is self.repo:
+            uow.execute("SET LOCAL synchronous_commit = off", ())
 
     def stop(self) -> None:
         """Stop the periodic indexing (`start`); reads still commit."""

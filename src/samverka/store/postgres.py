@@ -260,11 +260,19 @@ class PostgresRepository:
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, url: str, min_size: int = 1, max_size: int = 8, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 8, timeout: float = 30.0,
+                 session: dict[str, str] | None = None) -> None:
         self.url = url
+        settings = dict(session or {})  # SET for every connection (the URL's own `options` stay in force)
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            _configure(conn)
+            for name, value in settings.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
-            kwargs={"autocommit": True}, configure=_configure, name="samverka",
+            kwargs={"autocommit": True}, configure=configure, name="samverka",
         )
         self._pool.open(wait=True, timeout=timeout)
         try:
