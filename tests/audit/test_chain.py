@@ -139,3 +139,19 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
         repo.close()
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 1 and "broken at record 3" in bad.stderr, bad.stderr
+
+
+def test_one_statement_append_writes_only_onto_the_head_it_was_given(repo: Repository) -> None:
+    """PostgreSQL's one-round-trip append: linked to the right head it appends; to a stale one it writes
+    nothing and says so (the caller then appends under the lock)."""
+    if repo.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    chain.write(repo, _events(2))
+    head = (2, str(repo.fetch("SELECT hash FROM audit_head", ())[0][0]))
+    new = chain.append_one_statement(repo, [chain.prepare(e) for e in _events(3)], head)
+    assert new is not None and new[0] == 5
+    assert chain.append_one_statement(repo, [chain.prepare(e) for e in _events(1)], head) is None  # stale
+    assert [int(r[0]) for r in repo.fetch("SELECT pos FROM audit_log ORDER BY pos", ())] == [1, 2, 3, 4, 5]
+    assert tuple(repo.fetch("SELECT pos, hash FROM audit_head", ())[0]) == new
+    v = chain.verify(repo)
+    assert v.ok and v.checked == 5

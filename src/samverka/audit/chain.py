@@ -90,6 +90,25 @@ def append_prepared(uow: UnitOfWork, prepared: Sequence[Prepared], dialect: str,
     return moved
 
 
+_PG_TYPES = ("bigint", "text", "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+             "text", "text")  # the _LOG_COLS in order
+
+
+def append_one_statement(repo: Repository, prepared: Sequence[Prepared], head: Head) -> Head | None:
+    """PostgreSQL: append linked to the cached `head` in one autocommitted statement (one round trip
+    instead of BEGIN, UPDATE, INSERT and COMMIT): the head row moves and the records go in only if the head
+    still says exactly `head`; otherwise nothing is written and None tells the caller to take the lock."""
+    if not prepared or len(prepared) > _CHUNK:
+        return None
+    rows, new = _linked(prepared, head)
+    one = "(" + ", ".join(f"?::{t}" for t in _PG_TYPES) + ")"
+    sql = ("WITH h AS (UPDATE audit_head SET pos = ?, hash = ? WHERE one = 1 AND pos = ? AND hash = ? RETURNING pos)"
+           f" INSERT INTO audit_log ({_LOG_COLS}) SELECT v.* FROM (VALUES {', '.join([one] * len(rows))}) v"
+           " WHERE EXISTS (SELECT 1 FROM h) RETURNING pos")
+    done = repo.fetch(sql, [new[0], new[1], head[0], head[1], *(v for row in rows for v in row)])
+    return new if len(done) == len(rows) else None
+
+
 def append(uow: UnitOfWork, events: Sequence[dict[str, Any]], dialect: str) -> int:
     """Append `events` to the chain inside the open transaction; returns the new head position."""
     if not events:

@@ -321,10 +321,14 @@ class GroupCommit:
         prepared = [chain.prepare(ev) for ev in events]
         repo = self._writer_repo()
         try:
-            with repo.transaction() as uow:
-                # a read's record commits asynchronously: no WAL flush (~5 ms on a virtual disk) per read
-                self._async_commit(repo, uow)
-                head = chain.append_prepared(uow, prepared, repo.dialect, self._head)
+            head = None
+            if repo.dialect == "postgresql" and self._head is not None and repo is not self.repo:
+                head = chain.append_one_statement(repo, prepared, self._head)  # one round trip, or None
+            if head is None:
+                with repo.transaction() as uow:
+                    # a read's record commits asynchronously: no WAL flush (~5 ms on a virtual disk) per read
+                    self._async_commit(repo, uow)
+                    head = chain.append_prepared(uow, prepared, repo.dialect, self._head)
         except BaseException:
             self._head = None  # read it again under the lock next time
             raise
