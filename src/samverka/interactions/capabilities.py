@@ -24,6 +24,13 @@ _READ_ONLY = {"AuditEvent": ("read", "search-type")}
 
 
 _BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+OPERATIONS = "https://samverka.se/fhir/OperationDefinition"  # canonicals of our own operations
+_VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
+# Patientdatalagen (auth.emergency_access, auth.lift_block): for users' tokens, so only with auth on
+_PDL_OPERATIONS = ({"name": "emergency-access", "definition": f"{OPERATIONS}/Patient-emergency-access"},
+                   {"name": "lift-block", "definition": f"{OPERATIONS}/Patient-lift-block"})
+# operations on one type served whatever the settings (api.app routes them)
+_OWN = {"SearchParameter": ({"name": "reindex", "definition": f"{OPERATIONS}/SearchParameter-reindex"},)}
 
 
 def capability_statement(registry: Registry, base: str, formats: tuple[str, ...],
@@ -44,13 +51,17 @@ def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]
             "mode": "server",
             "resource": [_resource(registry, t) for t in sorted(resource_types())],
             "interaction": [{"code": c} for c in ("transaction", "batch", "search-system", "history-system")],
-            "operation": [{"name": "validate",
-                           "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            "operation": [dict(_VALIDATE),
+                          {"name": "reindex", "definition": f"{OPERATIONS}/reindex"},
+                          {"name": "reindex-status", "definition": f"{OPERATIONS}/reindex-status"}],
         }],
     }
     if topics:
         _subscriptions(statement, topics)
-    if auth:  # https://hl7.org/fhir/smart-app-launch/conformance.html
+    if auth:
+        patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+        patient["operation"] = [*patient["operation"], *(dict(o) for o in _PDL_OPERATIONS)]
+        # https://hl7.org/fhir/smart-app-launch/conformance.html
         origin = base.removesuffix("/fhir")
         statement["rest"][0]["security"] = {
             "cors": False,
@@ -81,7 +92,9 @@ def _subscriptions(statement: dict[str, Any], topics: Sequence[str]) -> None:
                             {"name": "status",
                              "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-status"},
                             {"name": "events",
-                             "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-events"}]
+                             "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-events"},
+                            {"name": "get-ws-binding-token", "definition":
+                             f"{_BACKPORT}/OperationDefinition/backport-subscription-get-ws-binding-token"}]
 
 
 @cache
@@ -108,6 +121,5 @@ def _resource(registry: Registry, type_: str) -> dict[str, Any]:
         "conditionalDelete": "single",
         "referencePolicy": ["literal"],
         "searchParam": [{"name": code, "type": t, "definition": url} for code, t, url in _searchable(registry, type_)],
-        "operation": [{"name": "validate",
-                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+        "operation": [dict(_VALIDATE), *(dict(o) for o in _OWN.get(type_, ()))],
     }
