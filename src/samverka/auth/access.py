@@ -11,6 +11,7 @@ compartment only; `user/` and `system/` grants reach every resource of their typ
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..errors import Category, FhirError, Issue, to_outcome
 from ..interactions import batch
 from ..interactions.context import Result, Services
-from . import pdl, scopes
+from . import pdl, pdl_writes, scopes
 
 Filter = tuple[str, Sequence[Any]]
 PUBLIC = "public"
@@ -220,6 +221,8 @@ class Access:
         filters = self.search_filters()
         if self.policy is not None and self.care_unit:
             svc = dataclasses.replace(svc, recorded_by=(self.care_unit, self.care_provider))
+        if self.policy is not None:
+            svc = dataclasses.replace(svc, write_check=functools.partial(pdl_writes.check_write, self.policy))
         withheld = self.policy.withheld_filter() if self.policy is not None else None
         if withheld is not None:
             svc = dataclasses.replace(svc, withheld_filters=(*self._scope_filters(), withheld))

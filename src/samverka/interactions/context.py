@@ -6,7 +6,7 @@ server; `samverka.api` turns HTTP into those arguments and a `Result` back into 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,9 @@ class Services:
     # a user's writes: (care unit HSA-id, care provider HSA-id) stamped on what they record, as `meta.tag`
     # codes of RECORDED_AT_UNIT / RECORDED_AT_PROVIDER (Patientdatalagen: whose information it is)
     recorded_by: tuple[str, str | None] | None = None
+    # a user's writes: called by `writes.prepare` with (repo, resource, patient) for a resource in a
+    # patient compartment; raises 403 when Patientdatalagen does not let the user record it (auth.pdl_writes)
+    write_check: Callable[[Repository, dict[str, Any], str], None] | None = None
 
     def searchable(self, force: bool = False) -> Registry:
         """The registry, first reloaded if the custom SearchParameters changed (search.custom)."""

@@ -25,6 +25,7 @@ from .conditional import matches
 from .context import Result, Services
 from .entries import ORDER, Entry, check_bundle, parse_entry, rewrite_references
 from .writes import (
+    Prepared,
     check_body,
     check_id,
     check_if_match,
@@ -67,7 +68,7 @@ def transaction(svc: Services, base: str, body: Any, return_resources: bool = Fa
         if e.resource is not None and e.method in ("POST", "PUT"):
             e.resource, e.unresolved = rewrite_references(e.resource, ids.get)
             if e.id is not None:
-                e.prepared = prepare(svc, e.resource, e.id)
+                e.prepared = _prepare(svc, e)
     results: dict[int, dict[str, Any]] = {}
     written: dict[int, Version] = {}
     with svc.repo.transaction() as uow:
@@ -159,8 +160,7 @@ def _resolve_conditionals(svc: Services, uow: UnitOfWork, entries: list[Entry], 
                 e.prepared = None  # re-extract below, with the final references
     for e in entries:
         if e.resource is not None and e.method in ("POST", "PUT") and e.prepared is None:
-            assert e.id is not None
-            e.prepared = prepare(svc, e.resource, e.id)
+            e.prepared = _prepare(svc, e)
     return changed
 
 
@@ -233,6 +233,20 @@ def _get(svc: Services, base: str, e: Entry) -> dict[str, Any]:
     from .batch import run_get
 
     return run_get(svc, base, e)
+
+
+def _prepare(svc: Services, e: Entry) -> Prepared:
+    """`writes.prepare` of an entry's resource; a refusal (a user's write under Patientdatalagen) names the entry."""
+    assert e.resource is not None and e.id is not None
+    try:
+        return prepare(svc, e.resource, e.id)
+    except FhirError as exc:
+        if exc.category != Category.FORBIDDEN:
+            raise
+        issues = [type(i)(i.severity, i.code, i.diagnostics,
+                          i.expression and f"{e.expr}.resource.{i.expression.partition('.')[2]}".rstrip("."))
+                  for i in exc.issues]
+        raise _in_entry(FhirError(exc.category, issues, exc.headers), e) from exc
 
 
 def _in_entry(exc: FhirError, e: Entry) -> FhirError:

@@ -92,7 +92,8 @@ def _prefix(prefix: str, expression: str | None) -> str | None:
 
 
 def prepare(svc: Services, resource: dict[str, Any], id_: str) -> Prepared:
-    """Index rows and compartment for a resource about to be stored (no database access)."""
+    """Index rows and compartment for a resource about to be stored (no database access, apart from a
+    user's `Services.write_check`)."""
     type_ = resource["resourceType"]
     resource["id"] = id_
     meta = resource.get("meta")
@@ -105,6 +106,8 @@ def prepare(svc: Services, resource: dict[str, Any], id_: str) -> Prepared:
     if type_ == "SearchParameter" and custom.searchable(resource):
         custom.check(resource, registry)
     compartment = patient_compartment(resource)
+    if svc.write_check is not None and compartment is not None:
+        svc.write_check(svc.repo, resource, compartment)
     if svc.recorded_by is not None and compartment is not None and type_ != "Patient":
         stamp_recorded_by(resource, svc.recorded_by)
     index = extract(resource, registry)
