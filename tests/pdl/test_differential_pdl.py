@@ -18,9 +18,12 @@ SQLite and on PostgreSQL. On top of them a care situation for one vårdcentral d
 Seeded random queries (the generator of tests/search/test_differential_search.py, anchored half on
 resources the doctor may see so that results are not mostly empty) go over HTTP with the doctor's
 token (minted by the server through the JWT-bearer grant from the trusted issuer), every page
-followed, `_total=accurate` compared. The expectation is `support.bruteforce` over everything stored,
-filtered by `Rules` below: an independent reading of the rules of shared/docs/sweden.md and
-docs/architecture.md ("PDL access rules"), written without samverka.auth.
+followed, `_total=accurate` compared. The expectation is `support.bruteforce` over the stored resources
+the user may see by `Rules` below, an independent reading of the rules of shared/docs/sweden.md and
+docs/architecture.md ("PDL access rules") written without samverka.auth. Evaluating over the visible
+resources (rather than filtering the matches of all of them) also holds `_has` and chains to the
+rules: `Patient?_has:Observation:patient:code=x` must not find a patient through an Observation the
+user may not read (it did, until search.query.guarded).
 """
 
 from __future__ import annotations
@@ -352,11 +355,11 @@ def test_random_queries_agree_with_brute_force_filtered_by_the_rules(world: Worl
         except (IndexError, KeyError):
             continue  # the visible data lacks the type the generator picked
         try:
-            matched = ds.search(q.type, list(q.pairs))
+            # over what the user may see: the matches, and the resources a _has or a chain looks at
+            expected = visible.search(q.type, list(q.pairs))
         except Unsupported as exc:
             skipped[f"brute force: {exc}"] += 1
             continue
-        expected = {i for i in matched if rules.visible(ds.resources[(q.type, i)])}
         try:
             ids, total = _server(world.client, q, PAGE_SIZES[n % len(PAGE_SIZES)])
         except Skip as exc:
@@ -380,3 +383,21 @@ def test_random_queries_agree_with_brute_force_filtered_by_the_rules(world: Worl
     assert compared >= N_QUERIES // 2, summary
     assert nonempty >= compared // 4, summary
     assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures[:10]) + summary
+
+
+def test_has_does_not_find_patients_through_resources_the_user_may_not_see(world: World) -> None:
+    """Clemente's Synthea Observations are another provider's: a `_has` over them must not find him
+    (nor count him), while one over the Observation recorded at the doctor's unit does."""
+    ds, rules, clemente = world.ds, world.rules, world.patients["clemente"]
+    hidden = next(o for o in ds.by_type["Observation"]  # not 8302-2, the code of the one he may see
+                  if rules.patient_of(o) == clemente and not rules.visible(o)
+                  and o["code"]["coding"][0]["code"] != "8302-2")
+    for oid, found in ((hidden["id"], []), ("pdl-clemente-obs", [clemente])):
+        r = world.client.get("/Patient", params={"_has:Observation:patient:_id": oid, "_total": "accurate"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [e["resource"]["id"] for e in body.get("entry", [])] == found and body["total"] == len(found)
+    code = hidden["code"]["coding"][0]
+    r = world.client.get("/Patient", params={"_id": clemente, "_total": "accurate",
+                                             "_has:Observation:patient:code": f"{code['system']}|{code['code']}"})
+    assert r.json()["total"] == 0, r.text

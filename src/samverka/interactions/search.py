@@ -13,7 +13,7 @@ import orjson
 
 from ..errors import Category, FhirError, invalid
 from ..search import include, plan
-from ..search.query import InCompartment
+from ..search.query import InCompartment, guarded
 from ..store import Version
 from .bundles import full_url, link, new_bundle, resource_fragment, url_with
 from .context import Result, Services
@@ -31,6 +31,7 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
         raise invalid(f"unknown or unsupported search parameter(s): {', '.join(query.unknown)}",
                       query.unknown[0], "not-supported")
     filters = list(svc.access_filters)
+    query.criteria[:] = [guarded(n, filters) for n in query.criteria]  # a _has sees only what the token may see
     if compartment:  # a criterion the planner can start from (a patient's few resources), not a filter
         query.criteria.insert(0, _in_compartment(svc, compartment, type_))
     count = min(_int(query.result, "_count", svc.settings.default_page_size), svc.settings.max_page_size)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from . import normalize
 from .params import Registry
 from .query import Chain, Criterion, Has, Node, Query
-from .sql import driver_sql
+from .sql import driver_sql, has_guard
 
 PROBE_LIMIT = 2000
 # A `_has` key costs three random lookups (referring row, its reference row, the resource it points at),
@@ -232,10 +232,11 @@ def driver(node: Node, db: Fetcher) -> tuple[str, list[Any]] | None:
         if inner is None:
             return None
         isql, ips = inner
+        guard, gps = has_guard(node, "ht")
         return (f"SELECT h2.pk AS res FROM ({isql}) hi CROSS JOIN resources ht CROSS JOIN idx_reference hx"
-                f" CROSS JOIN resources h2 WHERE ht.pk = hi.res AND ht.type = ? AND ht.deleted = 0"
+                f" CROSS JOIN resources h2 WHERE ht.pk = hi.res AND ht.type = ? AND ht.deleted = 0{guard}"
                 f" AND hx.res = ht.pk AND hx.param = ? AND h2.ref = hx.ref AND h2.type = hx.target_type"
-                f" AND h2.id = hx.target", [*ips, node.type, node.param.id])
+                f" AND h2.id = hx.target", [*ips, node.type, *gps, node.param.id])
     parts: list[str] = []
     params: list[Any] = []
     for target, inner_node in node.targets:

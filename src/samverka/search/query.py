@@ -9,8 +9,9 @@ not dropped, so `Prefer: handling` can decide what to do with them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Union
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
 from urllib.parse import parse_qsl
 
 from ..errors import invalid
@@ -62,6 +63,9 @@ class Has:
     param: SearchParam
     inner: Node
     raw_name: str
+    # conditions on a resources alias `r` the referring resource must also meet: the request's access
+    # filters (`guarded`), so a `_has` cannot match through resources the token may not see
+    guard: tuple[str, tuple[Any, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,21 @@ class InCompartment:
 
 
 Node = Union[Criterion, Chain, Has, InCompartment]  # noqa: UP007 -- a runtime alias used before Chain and Has exist
+
+
+def guarded(node: Node, filters: Sequence[tuple[str, Sequence[Any]]]) -> Node:
+    """`node` with every `_has` in it (nested, or under a chain) limited to referring resources that meet
+    `filters` (conditions on alias `r`); without this, `Patient?_has:Observation:patient:code=x` told a
+    token which patients have Observations it may not read (Patientdatalagen, patient scopes)."""
+    if not filters:
+        return node
+    if isinstance(node, Has):
+        cond = " AND ".join(f"({c})" for c, _ in filters)
+        return replace(node, inner=guarded(node.inner, filters),
+                       guard=(cond, tuple(p for _, ps in filters for p in ps)))
+    if isinstance(node, Chain):
+        return replace(node, targets=tuple((t, guarded(n, filters)) for t, n in node.targets))
+    return node
 
 
 @dataclass

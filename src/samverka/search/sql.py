@@ -259,10 +259,19 @@ def exists_sql(node: Node, alias: str, depth: int = 0, db: Fetcher | None = None
         return sql, [node.param.id, *params]
     assert isinstance(node, Has)
     cond, ps = exists_sql(node.inner, t, depth + 1, db)
+    guard, gps = has_guard(node, t)
     sql = (f"EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {t} ON {t}.pk = {x}.res"
            f" WHERE {x}.ref = {alias}.ref AND {x}.param = ? AND {x}.target_type = {alias}.type"
-           f" AND {x}.target = {alias}.id AND {t}.type = ? AND {t}.deleted = 0 AND {cond})")
-    return sql, [node.param.id, node.type, *ps]
+           f" AND {x}.target = {alias}.id AND {t}.type = ? AND {t}.deleted = 0 AND {cond}{guard})")
+    return sql, [node.param.id, node.type, *ps, *gps]
+
+
+def has_guard(node: Has, alias: str) -> tuple[str, list[Any]]:
+    """` AND ...` limiting a `_has`'s referring resource `alias` to `node.guard` (conditions on `r`,
+    the request's access filters: a fresh `r` names that row), or nothing."""
+    if node.guard is None:
+        return "", []
+    return f" AND EXISTS (SELECT 1 FROM resources r WHERE r.pk = {alias}.pk AND {node.guard[0]})", list(node.guard[1])
 
 
 def driver_sql(node: Node, db: Fetcher | None = None) -> tuple[str, list[Any]] | None:
