@@ -22,6 +22,9 @@ def users(launch_server: LaunchServer) -> Users:
         patient("wa"), encounter("wa-enc", "wa", VC.id),  # a care relationship with VC
         patient("wb"), encounter("wb-enc", "wb", ORTO.id),  # treated at orthopaedics only
         patient("wc"), patient("wd"), patient("we"), patient("wj"),  # no relationship at all
+        # wa was also treated by a private provider: that Encounter is hidden from the doctor (no consent)
+        {"resourceType": "Organization", "id": "w-private", "name": "Privatklinik"},
+        encounter("wa-priv", "wa", "w-private", "finished", "2026-01-10T10:00:00Z"),
     ])
     return Users(launch_server)
 
@@ -122,3 +125,16 @@ def test_emergency_access_and_backend_services_may_record(doctor: httpx.Client, 
     assert doctor.post("/Observation", json=_obs("x", "wj")).status_code == 201
     with launch_server.auth.fhir(launch_server.system_token) as system:  # not subject to PDL
         assert system.post("/Observation", json=_obs("x", "we")).status_code == 201
+
+
+def test_a_conditional_update_cannot_probe_hidden_information_through_has(doctor: httpx.Client) -> None:
+    """`PUT Patient?_id=wa&_has:Encounter:patient:_id=wa-priv` must not match wa through an Encounter the
+    doctor may not see (matching would update wa, 200, and so tell that the Encounter exists)."""
+    assert doctor.get("/Encounter/wa-priv").status_code == 403
+    r = doctor.put("/Patient", params={"_id": "wa", "_has:Encounter:patient:_id": "wa-priv"},
+                   json={"resourceType": "Patient", "name": [{"family": "Ny"}]})
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] != "wa" and doctor.get("/Patient/wa").json()["meta"]["versionId"] == "1"
+    r = doctor.put("/Patient", params={"_id": "wa", "_has:Encounter:patient:_id": "wa-enc"},
+                   json={"resourceType": "Patient", "id": "wa", "name": [{"family": "Testsson-wa"}]})
+    assert r.status_code == 200, r.text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import invalid
 from ..search.engine import matching_ids
-from ..search.query import parse_pairs
+from ..search.query import guarded, parse_pairs
 from ..store import UnitOfWork
 from ..store.hashing import h64
 from .context import Services
@@ -25,5 +25,6 @@ def matches(svc: Services, uow: UnitOfWork, type_: str, criteria: str, what: str
     if query.result:
         raise invalid(f"{what}: result parameters are not allowed: {', '.join(query.result)}", what)
     uow.lock(h64(f"conditional:{type_}"))
-    # only what the token may see (its access filters, e.g. Patientdatalagen for a user) can match
+    # only what the token may see (its access filters, e.g. Patientdatalagen for a user) can match, also in a _has
+    query.criteria[:] = [guarded(n, svc.access_filters) for n in query.criteria]
     return matching_ids(uow, svc.registry, query, 2, svc.access_filters)
