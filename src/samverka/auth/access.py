@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..errors import Category, FhirError, Issue, to_outcome
 from ..interactions import batch
 from ..interactions.context import Result, Services
-from . import pdl, pdl_writes, scopes
+from . import pdl, pdl_cache, pdl_writes, scopes
 
 Filter = tuple[str, Sequence[Any]]
 PUBLIC = "public"
@@ -104,7 +104,7 @@ class Access:
     care_unit_name: str | None = None
     care_provider: str | None = None  # the care provider's HSA-id (vårdgivare)
     assignment_purpose: str | None = None  # code from sweden.codes.ASSIGNMENT_PURPOSE_SYSTEM
-    policy: pdl.Policy | None = None  # a user's Patientdatalagen policy, built per request by `attach_pdl`
+    policy: pdl.Policy | None = None  # a user's Patientdatalagen policy, per request by `attach_pdl` (cached)
     emergency_patients: frozenset[str] = frozenset()  # under emergency access: audited with ETREAT
 
     @property
@@ -143,7 +143,7 @@ class Access:
     def attach_pdl(self, svc: Services) -> None:
         """A user's token is subject to Patientdatalagen: build this request's policy (auth.pdl)."""
         if self.is_user:
-            self.policy = pdl.Policy.build(svc.repo, svc.searchable(), self, svc.settings.care_relationship_days)
+            self.policy = pdl_cache.policy(svc.repo, svc.searchable(), self, svc.settings.care_relationship_days)
             self.emergency_patients = self.policy.emergency
 
     def require(self, need: Need, repo: Any = None, expression: str | None = None) -> None:

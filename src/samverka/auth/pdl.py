@@ -111,6 +111,7 @@ class Policy:
     provider_hsa: str | None = None
     reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
     notes: list[str] = field(default_factory=list)
+    valid_until: int | None = None  # µs: the first instant the policy may change without a write (pdl_cache)
 
     # ----- building -----
 
@@ -122,11 +123,13 @@ class Policy:
         provider_orgs = list(dict.fromkeys([*provider, *unit_orgs, *(
             _org_ids(repo, registry, [("partof", ",".join(f"Organization/{p}" for p in provider))])
             if provider else [])]))
-        grants = pdl_grants.current(repo, access.user_hsa_id)
+        now = now_us()
+        grants = pdl_grants.current(repo, access.user_hsa_id, now // 1_000_000)
+        bounds: list[int] = [*grants.bounds]
         mine = set(provider) | set(unit_orgs)  # a consent names the provider (all its units) or one unit
         blocks: list[Block] = []
         permitted: set[str] = set()
-        for c in active_consents(repo, registry, now_us()):
+        for c in active_consents(repo, registry, now, bounds=bounds):
             if c.kind == "permit":
                 if c.orgs & mine:
                     permitted.add(c.patient)
@@ -136,13 +139,14 @@ class Policy:
             if blocked & set(unit_orgs) or c.patient in grants.lifted:
                 continue  # the user works inside the blocked unit / provider, or lifted the block
             blocks.append(Block(c.patient, frozenset(blocked), _hsa_ids(repo, sorted(blocked))))
-        relationship = _relationship(repo, registry, unit_orgs, access, care_relationship_days)
+        relationship, recent = _relationship(repo, registry, unit_orgs, access, care_relationship_days, now)
+        bounds += _dropouts(repo, recent, care_relationship_days)
         rows = repo.fetch(f"SELECT DISTINCT z.compartment FROM ({relationship[0]}) z LIMIT {MAX_BOUND + 1}",
                           relationship[1])
         reachable = frozenset(str(r[0]) for r in rows) if len(rows) <= MAX_BOUND else None
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
                    grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider,
-                   reachable)
+                   reachable, valid_until=min(bounds, default=None))
 
     # ----- "recorded at" -----
 
@@ -269,12 +273,25 @@ def _types() -> tuple[str, ...]:
     return tuple(r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param"))
 
 
-def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], access: Any, days: int) -> Filter:
-    """SQL selecting the patients with a care relationship to the user's unit (or to the user).
+def _dropouts(repo: Repository, recent: list[Filter], days: int) -> list[int]:
+    """When the first finished Encounter of the relationship falls out of the last `days` days (µs): the
+    highest end of its date index rows plus `days`, two seconds early (the cutoff is whole seconds)."""
+    out = []
+    for sql, ps in recent:
+        row = repo.fetch(sql, ps)
+        if row and row[0][0] is not None:
+            out.append(int(row[0][0]) + days * 86_400_000_000 - 2_000_000)
+    return out
+
+
+def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], access: Any, days: int,
+                  now: int) -> tuple[Filter, list[Filter]]:
+    """SQL selecting the patients with a care relationship to the user's unit (or to the user), and the
+    queries giving the earliest end date of the finished Encounters that count (`_dropouts`).
 
     Each part is planned like a search (`search.plan.build`): it starts from its most selective index
     (recent dates, open statuses, the unit's or the user's references), probed with bounded counts."""
-    cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cutoff = (datetime.fromtimestamp(now / 1_000_000, UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
     queries: list[tuple[str, list[tuple[str, str]]]] = []
     if unit_orgs:
         orgs = ",".join(f"Organization/{o}" for o in unit_orgs)
@@ -290,6 +307,8 @@ def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], ac
     if members:
         queries.append(("CareTeam", [("participant", ",".join(members)), ("status", "active")]))
     parts, params = [], []
+    recent: list[Filter] = []
+    date = registry.get("Encounter", "date")
     for type_, pairs in queries:
         query = parse(registry, type_, pairs)
         assert not query.unknown, query.unknown
@@ -297,6 +316,9 @@ def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], ac
         # its alias r shadows the outer query's r inside this subquery
         parts.append(f"SELECT r.compartment FROM {p.source} WHERE {' AND '.join(p.where)}")
         params += p.params
+        if ("status", "finished") in pairs and date is not None:
+            recent.append((f"SELECT MIN(d.hi) FROM idx_date d WHERE d.param = ? AND d.res IN"
+                           f" (SELECT r.pk FROM {p.source} WHERE {' AND '.join(p.where)})", [date.id, *p.params]))
     if not parts:
-        return "SELECT NULL WHERE 1 = 0", []
-    return " UNION ".join(parts), params
+        return ("SELECT NULL WHERE 1 = 0", []), recent
+    return (" UNION ".join(parts), params), recent

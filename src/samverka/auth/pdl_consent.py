@@ -77,9 +77,29 @@ def read_consent(body: dict[str, Any], now_us: int) -> PatientConsent | None:
     return PatientConsent(str(body.get("id")), patient, str(provision["type"]), frozenset(orgs))
 
 
+def _bounds(body: dict[str, Any], now_us: int) -> list[int]:
+    """The future instants at which an active Consent's `provision.period` starts or ends."""
+    provision = body.get("provision")
+    period = provision.get("period") if isinstance(provision, dict) else None
+    if not isinstance(period, dict):
+        return []
+    out = []
+    # `_current`: in force from `start` (inclusive) until just after `end`
+    for name, after in (("start", 0), ("end", 1)):
+        edge = period.get(name)
+        try:
+            at = parse_instant(edge) + after if isinstance(edge, str) else None
+        except ValueError:
+            at = None
+        if at is not None and at > now_us:
+            out.append(at)
+    return out
+
+
 def active_consents(repo: Repository, registry: Registry, now_us: int, patient: str | None = None,
-                    ) -> list[PatientConsent]:
-    """Every block and consent in force now (of one patient, or of all): read fresh on every request."""
+                    bounds: list[int] | None = None) -> list[PatientConsent]:
+    """Every block and consent in force now (of one patient, or of all). `bounds`, when given, collects
+    the future instants at which an active Consent's period starts or ends (`pdl_cache`)."""
     pairs = [("status", "active")] + ([("patient", f"Patient/{patient}")] if patient else [])
     plan = build(repo, registry, parse(registry, "Consent", pairs))
     out = []
@@ -88,6 +108,8 @@ def active_consents(repo: Repository, registry: Registry, now_us: int, patient: 
             continue
         body = orjson.loads(v.data)
         found = read_consent(body, now_us) if isinstance(body, dict) else None
+        if bounds is not None and isinstance(body, dict) and body.get("status") == "active":
+            bounds += _bounds(body, now_us)
         if found is not None:
             out.append(found)
     return out

@@ -21,14 +21,16 @@ class Grants:
 
     emergency: frozenset[str]
     lifted: frozenset[str]
+    bounds: tuple[int, ...] = ()  # µs: when each of them expires
 
 
 def current(repo: Repository, user_hsa_id: str, now: int | None = None) -> Grants:
     now = int(time.time()) if now is None else now
-    rows = repo.fetch("SELECT kind, patient FROM pdl_access_grants WHERE user_hsa_id = ? AND expires > ?",
+    rows = repo.fetch("SELECT kind, patient, expires FROM pdl_access_grants WHERE user_hsa_id = ? AND expires > ?",
                       (user_hsa_id, now))
-    return Grants(frozenset(str(p) for k, p in rows if k == EMERGENCY),
-                  frozenset(str(p) for k, p in rows if k == LIFT))
+    return Grants(frozenset(str(p) for k, p, _ in rows if k == EMERGENCY),
+                  frozenset(str(p) for k, p, _ in rows if k == LIFT),
+                  tuple(int(e) * 1_000_000 for _, _, e in rows))
 
 
 def add(repo: Repository, kind: str, user_hsa_id: str, care_unit: str | None, care_provider: str | None,
