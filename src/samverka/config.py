@@ -36,6 +36,10 @@ class Settings:
     event_backoff: float = 1.0
     event_backoff_max: float = 300.0
     event_retry_period: float = 24 * 3600.0
+    # the module view's error rate counts POSTs over two windows of this many seconds; outbox rows older
+    # than event_retention seconds are pruned unless a subscription (or the NATS bridge) still needs them
+    event_error_window: float = 3600.0
+    event_retention: float = 7 * 24 * 3600.0
     # the optional NATS JetStream bridge (samverka.events.nats): a nats:// URL (None: the outbox alone)
     # and the stream its subjects samverka.events.> go to (created if missing)
     nats: str | None = None

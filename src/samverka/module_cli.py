@@ -51,12 +51,14 @@ def _print_view(view: dict[str, Any], as_json: bool) -> None:
         lines.append(f"replaces    {view['replaces']}")
     if view.get("replacedBy"):
         lines.append(f"replaced by {view['replacedBy']}")
-    lines.append(f"event lag   {_dash(view['eventLag'])}   last delivery {_dash(view['lastDelivery'])}")
+    lines.append(f"event lag   {_dash(view['eventLag'])}   last delivery {_dash(view['lastDelivery'])}   "
+                 f"error rate {_dash(view.get('errorRate'))} ({_dash(view.get('failedAttempts'))} of "
+                 f"{_dash(view.get('deliveryAttempts'))} POSTs failed, recent window)")
     for s in view["subscriptions"]:
         lines.append(f"  Subscription/{s['id']}  {s['status']}  {s['topic']}  filter={_dash(s['filter'])} "
                      f"payload={s['payload']} events={_dash(s['eventsSinceSubscriptionStart'])} "
                      f"acknowledged={_dash(s['acknowledgedEvent'])} lag={_dash(s['lag'])} "
-                     f"failures={_dash(s['consecutiveFailures'])}")
+                     f"failures={_dash(s['consecutiveFailures'])} errorRate={_dash(s.get('errorRate'))}")
         if s.get("handover"):
             h = s["handover"]
             lines.append(f"    continues after {h['predecessor']} event {_dash(h['afterEvent'])} "
@@ -90,12 +92,12 @@ def register(manifest: Annotated[Path, typer.Argument(help="the module's manifes
 
 @module_app.command("list")
 def list_(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
-    """List modules: id, role, state, client_id, name, vendor, version."""
+    """List modules: id, role, state, client_id, name, vendor, version, event lag, error rate."""
     from .modules import registry
 
     for m in _run(data_dir, database, registry.list_modules):
-        print(f"{m['id']}\t{m['role']}\t{m['state']}\t{m['clientId']}\t{m['name']}\t{m['vendor']}\t{m['version']}",
-              flush=True)
+        print(f"{m['id']}\t{m['role']}\t{m['state']}\t{m['clientId']}\t{m['name']}\t{m['vendor']}\t{m['version']}"
+              f"\t{_dash(m['eventLag'])}\t{_dash(m['errorRate'])}", flush=True)
 
 
 @module_app.command("show")

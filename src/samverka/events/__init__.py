@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any
 
 from ..auth.access import Access
-from ..fhir.instant import format_instant
+from ..fhir.instant import format_instant, now_us
 from ..interactions.context import Result, Services
 from . import replay, status, topics
 from .delivery import Worker, focus_body
@@ -40,11 +40,23 @@ def wrap(svc: Services, wakeup: Wakeup | None = None) -> Services:
 
 _STATE = ("SELECT status, events_since_start, delivered, error_count, failing_since, last_sent, last_error, start_seq,"
           " (SELECT n.seq FROM event_notification n WHERE n.sub = s.id AND n.number = s.delivered),"
-          " (SELECT n.seq FROM event_notification n WHERE n.sub = s.id AND n.number = s.delivered + 1)"
-          " FROM event_subscription s WHERE s.id = ?")
+          " (SELECT n.seq FROM event_notification n WHERE n.sub = s.id AND n.number = s.delivered + 1),"
+          " window_us, attempts, failures, prev_attempts, prev_failures FROM event_subscription s WHERE s.id = ?")
 
 
-def delivery_state(repo: Any, sub_id: str) -> dict[str, Any] | None:
+def attempts(row: tuple[Any, ...], now: int, window: float) -> tuple[int, int]:
+    """(POSTs, failed POSTs) over the last one to two error windows, from (window_us, attempts, failures,
+    prev_attempts, prev_failures) as `delivery.Worker` rolls them."""
+    start, cur, cur_failed, prev, prev_failed = (int(x) for x in row)
+    w = int(window * 1e6)
+    if now - start >= 2 * w:
+        return 0, 0
+    if now - start >= w:
+        return cur, cur_failed
+    return cur + prev, cur_failed + prev_failed
+
+
+def delivery_state(repo: Any, sub_id: str, window: float = 3600.0) -> dict[str, Any] | None:
     """A subscription's delivery figures for the module view (samverka.modules), None if unknown.
 
     `acknowledgedSequence` is the outbox position a successor continues after with no gap: the
@@ -54,7 +66,8 @@ def delivery_state(repo: Any, sub_id: str) -> dict[str, Any] | None:
     rows = repo.fetch(_STATE, (sub_id,))
     if not rows:
         return None
-    status, count, delivered, errors, failing, sent, error, start, ack_seq, next_seq = rows[0]
+    status, count, delivered, errors, failing, sent, error, start, ack_seq, next_seq = rows[0][:10]
+    tried, failed = attempts(rows[0][10:], now_us(), window)
     if ack_seq is not None:
         point = int(ack_seq)
     elif next_seq is not None:
@@ -65,6 +78,8 @@ def delivery_state(repo: Any, sub_id: str) -> dict[str, Any] | None:
             "acknowledgedSequence": point, "lag": int(count) - int(delivered),
             "lastDelivery": format_instant(int(sent)) if sent else None, "consecutiveFailures": int(errors),
             "failingSince": format_instant(int(failing)) if failing else None, "error": error,
+            "deliveryAttempts": tried, "failedAttempts": failed,  # POSTs over the last error window(s)
+            "errorRate": round(failed / tried, 4) if tried else None,
             "matchedSequence": int(start),  # matched through here; an `off` subscription resumes after it
             "source": "event_subscription"}  # the table the figures come from
 

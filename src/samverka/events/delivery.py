@@ -6,12 +6,13 @@ with `--workers N` they compete for a lease in `event_state` and only the holder
 delivers (a crashed holder's lease expires after `event_lease` seconds and another process takes over).
 
 Per subscription, at most one POST is in flight, always of the lowest undelivered event numbers
-(`delivered + 1 ...`, up to max-count per Bundle), so delivery is in order and at-least-once: the
-`delivered` mark moves only after a 2xx, so a crash between the POST and that mark resends the events
-with their same numbers. A failed POST is retried with exponential backoff (`event_backoff` doubling
-up to `event_backoff_max`); when failures have lasted `event_retry_period` (default 24 h) the
-Subscription's status becomes `error` and delivery stops until the client asks for `requested` again
-(it resumes from the first unacknowledged event; `$events` replays any range meanwhile).
+(`delivered + 1 ...`, up to max-count per Bundle, `DEFAULT_MAX_COUNT` without one), so delivery is in
+order and at-least-once: the `delivered` mark moves only after a 2xx, so a crash between the POST and
+that mark resends the events with their same numbers. A failed POST is retried with exponential
+backoff (`event_backoff` doubling up to `event_backoff_max`); when failures have lasted
+`event_retry_period` (default 24 h) the Subscription's status becomes `error` and delivery stops until
+the client asks for `requested` again (it resumes from the first unacknowledged event; `$events`
+replays any range meanwhile).
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ import orjson
 from ..fhir.instant import now_us
 from ..interactions import writes
 from ..interactions.context import Services
-from . import dispatch, notify
+from . import dispatch, notify, retention
 from .matching import Scratch
 from .outbox import Outboxing, Owner, Wakeup
 from .subscriptions import WEBSOCKET
 
 log = logging.getLogger(__name__)
+
+# events per notification Bundle for a subscription without the backport max-count extension: a
+# subscription that is behind catches up with several notification-events per POST (in order)
+DEFAULT_MAX_COUNT = 20
 
 _SUB_COLS = ("id, topic, payload, endpoint, headers, heartbeat, timeout, max_count, end_us, owner, owner_scope,"
              " owner_patient, status, events_since_start, delivered, error_count, failing_since, next_try,"
@@ -123,6 +128,7 @@ class Worker:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
         self.lease_until = 0
+        self.next_prune = 0
         self.scratch: Scratch | None = None
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.client: httpx.AsyncClient | None = None
@@ -175,6 +181,10 @@ class Worker:
             if dispatch.dispatch(self.raw, self.scratch) == 0:
                 break
         self._schedule(now_us())
+        if now >= self.next_prune:
+            self.next_prune = now + int(retention.EVERY * 1e6)
+            if retention.prune(self.raw, self.settings.event_retention, now):
+                log.debug("outbox pruned")
 
     def _acquire(self, now: int, lease: int) -> bool:
         with self.raw.transaction() as uow:
@@ -242,7 +252,7 @@ class Worker:
             self._mark(sub, None)
 
     async def _deliver(self, sub: Sub) -> None:
-        last = min(sub.events_since_start, sub.delivered + (sub.max_count or 1))
+        last = min(sub.events_since_start, sub.delivered + (sub.max_count or DEFAULT_MAX_COUNT))
         events = events_of(self.raw, sub.id, sub.delivered + 1, last)
         if not events:
             return
@@ -275,13 +285,26 @@ class Worker:
         self._failed(sub, error)
         return False
 
+    def _counted(self, now: int, failed: bool) -> tuple[str, tuple[Any, ...]]:
+        """SET clauses recording one POST's outcome in the error-rate windows (rolled in the same UPDATE)."""
+        w = int(self.settings.event_error_window * 1e6)
+        roll = "? - window_us >= ?"
+        prev = f"CASE WHEN {roll} THEN CASE WHEN ? - window_us < ? THEN {{c}} ELSE 0 END ELSE prev_{{c}} END"
+        cur = f"CASE WHEN {roll} THEN 0 ELSE {{c}} END + {{add}}"
+        sql = (f", prev_attempts = {prev.format(c='attempts')}, prev_failures = {prev.format(c='failures')},"
+               f" attempts = {cur.format(c='attempts', add=1)}, failures = {cur.format(c='failures', add=int(failed))},"
+               f" window_us = CASE WHEN {roll} THEN ? ELSE window_us END")
+        return sql, (now, w, now, 2 * w) * 2 + (now, w) * 2 + (now, w, now)
+
     def _mark(self, sub: Sub, delivered: int | None) -> None:
         now = now_us()
+        counted, counts = self._counted(now, False)
         moved = ", delivered = CASE WHEN delivered < ? THEN ? ELSE delivered END" if delivered is not None else ""
         params: tuple[Any, ...] = (delivered, delivered) if delivered is not None else ()
         with self.raw.transaction() as uow:
             uow.execute("UPDATE event_subscription SET error_count = 0, failing_since = NULL, next_try = 0,"
-                        f" last_sent = ?, last_error = NULL{moved} WHERE id = ?", (now, *params, sub.id))
+                        f" last_sent = ?, last_error = NULL{moved}{counted} WHERE id = ?",
+                        (now, *params, *counts, sub.id))
 
     def _failed(self, sub: Sub, error: str) -> None:
         now = now_us()
@@ -290,9 +313,11 @@ class Worker:
         delay = min(s.event_backoff * 2 ** sub.error_count, s.event_backoff_max)
         log.warning("subscription %s: %s (failure %d, next try in %.1f s)", sub.id, error, sub.error_count + 1,
                     delay)
+        counted, counts = self._counted(now, True)
         with self.raw.transaction() as uow:
             uow.execute("UPDATE event_subscription SET error_count = error_count + 1, failing_since = ?,"
-                        " next_try = ?, last_error = ? WHERE id = ?", (since, now + int(delay * 1e6), error, sub.id))
+                        f" next_try = ?, last_error = ?{counted} WHERE id = ?",
+                        (since, now + int(delay * 1e6), error, *counts, sub.id))
         if now - since >= s.event_retry_period * 1e6:
             log.error("subscription %s: failing for %.0f s, status error", sub.id, (now - since) / 1e6)
             set_status(self.svc, sub.id, "error")

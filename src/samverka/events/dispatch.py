@@ -52,8 +52,7 @@ def _query_passes(q: topics.QueryCriteria, scratch: Scratch, previous: dict[str,
         if version is None:
             tests.append(missing)
             continue
-        with scratch.loaded(version) as loaded:
-            tests.append(loaded.matches(query))
+        tests.append(scratch.matches(version, query))
     if not tests:
         return True
     return all(tests) if q.require_both else any(tests)
@@ -117,8 +116,12 @@ def _match(repo: Repository, scratch: Scratch, rows: list[OutboxRow], subs: list
         filtered = [sid for sid, f in hits if f is None]
         pending = [(sid, f) for sid, f in hits if f is not None]
         if pending and focus is not None:
-            with scratch.loaded(focus) as loaded:
-                filtered += [sid for sid, f in pending if loaded.matches(f)]
+            quick = [(sid, f, scratch.quick.matches(f, focus)) for sid, f in pending]
+            filtered += [sid for sid, _f, hit in quick if hit]
+            slow = [(sid, f) for sid, f, hit in quick if hit is None]
+            if slow:
+                with scratch.loaded(focus) as loaded:
+                    filtered += [sid for sid, f in slow if loaded.matches(f)]
         matched += [(sid, row.seq) for sid in sorted(filtered)]
     return matched
 

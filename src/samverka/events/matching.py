@@ -29,8 +29,9 @@ from ..fhir.instant import now_us
 from ..search.extract import extract, patient_compartment
 from ..search.params import Registry
 from ..search.plan import build, page
-from ..search.query import parse
+from ..search.query import Criterion, parse
 from ..store import UnitOfWork, Write
+from ..store.hashing import h64
 from ..store.sqlite import SqliteRepository
 from .outbox import Owner
 
@@ -74,6 +75,64 @@ class Loaded:
         return True
 
 
+_Tokens = tuple[tuple[int, tuple[tuple[int | None, int | None], ...]], ...]  # AND of (param, OR of (system, code))
+
+
+def _token_plan(registry: Registry, type_: str, text: str) -> _Tokens | None:
+    """The query as token tests on extracted index rows, when it is only plain token parameters
+    (`param=code`, `param=system|code`, `param=|code`, `param=system|`, values ORed); else None."""
+    q = parse(registry, type_, parse_qsl(text, keep_blank_values=True))
+    if q.unknown or q.result or q.types or q.list_ids or not q.criteria:
+        return None
+    plan = []
+    for c in q.criteria:
+        if (not isinstance(c, Criterion) or c.param.type != "token" or c.modifier is not None
+                or c.param.code.startswith("_")):  # _id, _tag, ... are not plain token rows: Scratch
+            return None
+        alternatives: list[tuple[int | None, int | None]] = []
+        for v in c.values:
+            if v.prefix is not None:
+                return None
+            if "|" not in v.text:
+                alternatives.append((None, h64(v.text)))
+                continue
+            system, _, code = v.text.partition("|")
+            alternatives.append((h64(system) if system else 0, h64(code) if code else None))
+        plan.append((c.param.id, tuple(alternatives)))
+    return tuple(plan)
+
+
+class Quick:
+    """Plain token queries answered from the extracted index rows, without the scratch store: the same
+    comparisons `search.sql_values.token` makes in SQL (the same hashes of the same extracted values)."""
+
+    def __init__(self, registry: Callable[[], Registry]) -> None:
+        self.registry = registry
+        self._plans: dict[tuple[str, str, int], _Tokens | None] = {}
+
+    def matches(self, query: str, resource: dict[str, Any]) -> bool | None:
+        """Does `resource` match the query; None when the query is not plain tokens (use `Scratch`)."""
+        rtype = str(resource.get("resourceType"))
+        type_, sep, text = query.partition("?")
+        if not sep:
+            type_, text = rtype, query
+        if type_ != rtype:
+            return False
+        registry = self.registry()
+        key = (type_, text, id(registry))
+        if key not in self._plans:
+            self._plans[key] = _token_plan(registry, type_, text)
+        plan = self._plans[key]
+        if plan is None:
+            return None
+        rows = extract(resource, registry).tokens
+        for param, alternatives in plan:
+            if not any(p == param and (code is None or c == code) and (system is None or s == system)
+                       for p, s, c in rows for system, code in alternatives):
+                return False
+        return True
+
+
 class Scratch:
     """A private SQLite store that holds at most one resource version, inside a rolled-back transaction."""
 
@@ -83,6 +142,15 @@ class Scratch:
         assert where is not None
         self.registry = registry
         self.repo = SqliteRepository(where / "scratch.sqlite")
+        self.quick = Quick(registry)
+
+    def matches(self, resource: dict[str, Any], query: str) -> bool:
+        """Does this version match the query (plain tokens in memory, anything else in the store)?"""
+        fast = self.quick.matches(query, resource)
+        if fast is not None:
+            return fast
+        with self.loaded(resource) as loaded:
+            return loaded.matches(query)
 
     @contextmanager
     def loaded(self, resource: dict[str, Any]) -> Iterator[Loaded]:

@@ -261,7 +261,8 @@ def view(svc: Services, module_id: str) -> dict[str, Any]:
         subs.append({"id": s.subscription, "topic": s.topic, "filter": _filter_of(svc, s.subscription),
                      "payload": payload, **subscriptions.delivery(svc, s.subscription), "handover": s.handover()})
     lags = [s["lag"] for s in subs if isinstance(s["lag"], int)]
-    rates = [s["errorRate"] for s in subs if isinstance(s.get("errorRate"), (int, float))]
+    tried = sum(s["deliveryAttempts"] for s in subs if isinstance(s.get("deliveryAttempts"), int))
+    failed = sum(s["failedAttempts"] for s in subs if isinstance(s.get("failedAttempts"), int))
     failures = [s["consecutiveFailures"] for s in subs if isinstance(s.get("consecutiveFailures"), int)]
     last = [str(s["lastDelivery"]) for s in subs if s["lastDelivery"]]
     client = auth_store.get_client(svc.repo, row.client_id)
@@ -273,16 +274,21 @@ def view(svc: Services, module_id: str) -> dict[str, Any]:
             "endpoint": m.get("endpoint"), "replaces": row.replaces, "replacedBy": row.replaced_by,
             "created": row.created, "updated": row.updated, "subscriptions": subs,
             "eventLag": sum(lags) if lags else None, "lastDelivery": max(last) if last else None,
-            "errorRate": max(rates) if rates else None,
+            "errorRate": round(failed / tried, 4) if tried else None,  # failed POSTs / POSTs, recent window
+            "deliveryAttempts": tried, "failedAttempts": failed,
             "consecutiveFailures": sum(failures) if failures else None,
             "deliverySource": subs[0]["source"] if subs else None}
 
 
 def list_modules(svc: Services) -> list[dict[str, Any]]:
-    return [{"id": r.id, "role": r.role, "state": r.state, "clientId": r.client_id,
-             "name": r.manifest.get("name"), "vendor": r.manifest.get("vendor"),
-             "version": r.manifest.get("version"), "replacedBy": r.replaced_by}
-            for r in mstore.list_all(svc.repo)]
+    out = []
+    for r in mstore.list_all(svc.repo):
+        v = view(svc, r.id)
+        out.append({"id": r.id, "role": r.role, "state": r.state, "clientId": r.client_id,
+                    "name": r.manifest.get("name"), "vendor": r.manifest.get("vendor"),
+                    "version": r.manifest.get("version"), "replacedBy": r.replaced_by, "eventLag": v["eventLag"],
+                    "lastDelivery": v["lastDelivery"], "errorRate": v["errorRate"]})
+    return out
 
 
 __all__ = ["disable", "enable", "list_modules", "manifest_error", "register", "replace", "view"]
