@@ -10,11 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eventkit import Receiver
+from eventkit import QUICK, Receiver
 
 from support.server import BACKENDS, RunningServer, launch
-
-QUICK = ["--event-backoff", "0.2", "--event-backoff-max", "1", "--event-lease", "2"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -16,6 +16,8 @@ from support.server import RunningServer, free_port
 EXT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 TOPIC = "https://samverka.se/fhir/SubscriptionTopic/"
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "subscriptions-backport"
+# server options for quick retries, shared by the event modules that start their own server
+QUICK = ["--event-backoff", "0.2", "--event-backoff-max", "1", "--event-lease", "2"]
 LAB = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
 
 
@@ -32,8 +34,9 @@ class Received:
         out: dict[str, Any] = {"notification-event": []}
         for p in params:
             if p["name"] == "notification-event":
-                out["notification-event"].append({q["name"]: next(v for k, v in q.items() if k.startswith("value"))
-                                                  for q in p["part"]})
+                out["notification-event"].append(
+                    {q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in p["part"]}
+                )
             else:
                 out[p["name"]] = next(v for k, v in p.items() if k.startswith("value"))
         return out
@@ -78,8 +81,9 @@ class Receiver:
                 status = outer.answer
                 if status < 300:
                     with outer._cond:
-                        outer.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                       json.loads(raw)))
+                        outer.received.append(
+                            Received(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
+                        )
                         outer._cond.notify_all()
                 self.send_response(status)
                 self.send_header("content-length", "0")
@@ -114,49 +118,74 @@ class Receiver:
             while not cond():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; received: "
-                                         f"{[(r.subscription, r.kind, r.numbers) for r in self.received]}")
+                    raise AssertionError(
+                        f"timed out waiting for {what}; received: "
+                        f"{[(r.subscription, r.kind, r.numbers) for r in self.received]}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def events(self, sub_id: str, count: int, timeout: float = 20.0) -> list[Received]:
         """Wait until `count` distinct event numbers arrived for `sub_id`; the event notifications."""
+
         def enough() -> bool:
             return len({n for r in self.of(sub_id, "event-notification") for n in r.numbers}) >= count
+
         self.wait(enough, timeout, f"{count} events of Subscription/{sub_id}")
         return self.of(sub_id, "event-notification")
 
 
-def subscription(topic: str, endpoint: str, payload: str = "id-only", filter_: str | None = None,
-                 heartbeat: int | None = None, max_count: int | None = None,
-                 headers: list[str] | None = None) -> dict[str, Any]:
-    channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
-                               "_payload": {"extension": [{"url": f"{EXT}backport-payload-content",
-                                                           "valueCode": payload}]},
-                               "extension": [{"url": f"{EXT}backport-timeout", "valueUnsignedInt": 5}]}
+def subscription(
+    topic: str,
+    endpoint: str,
+    payload: str = "id-only",
+    filter_: str | None = None,
+    heartbeat: int | None = None,
+    max_count: int | None = None,
+    headers: list[str] | None = None,
+) -> dict[str, Any]:
+    channel: dict[str, Any] = {
+        "type": "rest-hook",
+        "endpoint": endpoint,
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{"url": f"{EXT}backport-payload-content", "valueCode": payload}]},
+        "extension": [{"url": f"{EXT}backport-timeout", "valueUnsignedInt": 5}],
+    }
     if heartbeat:
         channel["extension"].append({"url": f"{EXT}backport-heartbeat-period", "valueUnsignedInt": heartbeat})
     if max_count:
         channel["extension"].append({"url": f"{EXT}backport-max-count", "valuePositiveInt": max_count})
     if headers:
         channel["header"] = headers
-    sub: dict[str, Any] = {"resourceType": "Subscription",
-                           "meta": {"profile": [f"{EXT}backport-subscription"]},
-                           "status": "requested", "reason": "test", "criteria": TOPIC + topic, "channel": channel}
+    sub: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "meta": {"profile": [f"{EXT}backport-subscription"]},
+        "status": "requested",
+        "reason": "test",
+        "criteria": TOPIC + topic,
+        "channel": channel,
+    }
     if filter_:
         sub["_criteria"] = {"extension": [{"url": f"{EXT}backport-filter-criteria", "valueString": filter_}]}
     return sub
 
 
 def encounter(patient: str, status: str) -> dict[str, Any]:
-    return {"resourceType": "Encounter", "status": status,
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "subject": {"reference": f"Patient/{patient}"}}
+    return {
+        "resourceType": "Encounter",
+        "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
 
 
 def lab_result(patient: str, code: str = "2345-7") -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final", "category": [LAB],
-            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "subject": {"reference": f"Patient/{patient}"}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [LAB],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
 
 
 def subscribe(server: RunningServer, receiver: Receiver, topic: str, **kw: Any) -> str:

@@ -11,9 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "auth"))
 
 from authkit import AuthServer, fresh_key
-from eventkit import Receiver, lab_result, subscription
+from eventkit import QUICK, Receiver, lab_result, subscription
 
-from conftest import QUICK
 from support.server import BACKENDS, launch
 
 
@@ -22,8 +21,11 @@ def auth_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     backend = str(request.param)
     srv = launch(request, backend, tmp_path_factory.mktemp(f"events-auth-{backend}"), [*QUICK, "--auth", "on"])
     args = srv.args
-    store = (["--database", args[args.index("--database") + 1]] if "--database" in args
-             else ["--data-dir", args[args.index("--data-dir") + 1]])
+    store = (
+        ["--database", args[args.index("--database") + 1]]
+        if "--database" in args
+        else ["--data-dir", args[args.index("--data-dir") + 1]]
+    )
     try:
         yield AuthServer(srv, store)
     finally:
@@ -43,8 +45,12 @@ def test_full_resource_only_for_what_the_subscriber_may_read(auth_server: AuthSe
     writer = auth_server.fhir(_client(auth_server, "system/*.cruds"))
     subs = {}
     for name, client in (("reader", reader), ("blind", blind)):
-        r = client.post("/Subscription", json=subscription("lab-result", receiver.url, payload="full-resource",
-                                                            filter_="Observation?patient=Patient/p-acl"))
+        r = client.post(
+            "/Subscription",
+            json=subscription(
+                "lab-result", receiver.url, payload="full-resource", filter_="Observation?patient=Patient/p-acl"
+            ),
+        )
         assert r.status_code == 201, r.text
         subs[name] = r.json()["id"]
     obs = writer.post("/Observation", json=lab_result("p-acl"))

@@ -18,8 +18,9 @@ def test_handshake_then_subscription_becomes_active(server: RunningServer, recei
     assert hs.status["events-since-subscription-start"] == "0"
     assert hs.headers["x-module-key"] == "secret-1"
     assert hs.headers["content-type"] == "application/fhir+json"
-    receiver.wait(lambda: server.client.get(f"/Subscription/{sub_id}").json()["status"] == "active",
-                  what="status active")
+    receiver.wait(
+        lambda: server.client.get(f"/Subscription/{sub_id}").json()["status"] == "active", what="status active"
+    )
 
 
 def test_notifications_arrive_in_order_with_numbers(server: RunningServer, receiver: Receiver) -> None:
@@ -44,8 +45,10 @@ def test_notifications_arrive_in_order_with_numbers(server: RunningServer, recei
 
 def test_payload_kinds(server: RunningServer, receiver: Receiver) -> None:
     """empty: status only; id-only: a focus entry without resource; full-resource: the version itself."""
-    subs = {kind: subscribe(server, receiver, "lab-result", payload=kind, filter_="Observation?patient=Patient/p-pay")
-            for kind in ("empty", "id-only", "full-resource")}
+    subs = {
+        kind: subscribe(server, receiver, "lab-result", payload=kind, filter_="Observation?patient=Patient/p-pay")
+        for kind in ("empty", "id-only", "full-resource")
+    }
     obs = create(server, lab_result("p-pay"))
     for kind, sub_id in subs.items():
         [note] = receiver.events(sub_id, 1)
@@ -68,14 +71,19 @@ def test_filter_criteria_select_events(server: RunningServer, receiver: Receiver
     sub_id = subscribe(server, receiver, "lab-result", filter_="Observation?patient=Patient/p-filter")
     create(server, lab_result("someone-else"))
     vital = lab_result("p-filter")
-    vital["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                       "code": "vital-signs"}]}]
+    vital["category"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}
+    ]
     create(server, vital)
     mine = create(server, lab_result("p-filter"))
     [note] = receiver.events(sub_id, 1)
     assert note.status["notification-event"][0]["focus"]["reference"].endswith(mine["id"])
-    assert server.client.get(f"/Subscription/{sub_id}/$status").json()["entry"][0]["resource"]["parameter"][4][
-        "valueString"] == "1"
+    assert (
+        server.client.get(f"/Subscription/{sub_id}/$status").json()["entry"][0]["resource"]["parameter"][4][
+            "valueString"
+        ]
+        == "1"
+    )
 
 
 def test_bad_topic_or_filter_is_refused(server: RunningServer, receiver: Receiver) -> None:
@@ -101,8 +109,9 @@ def test_subscription_past_its_end_is_switched_off(server: RunningServer, receiv
     r = server.client.post("/Subscription", json=sub)
     assert r.status_code == 201, r.text
     sub_id = r.json()["id"]
-    receiver.wait(lambda: server.client.get(f"/Subscription/{sub_id}").json()["status"] == "off",
-                  timeout=20, what="status off")
+    receiver.wait(
+        lambda: server.client.get(f"/Subscription/{sub_id}").json()["status"] == "off", timeout=20, what="status off"
+    )
     create(server, lab_result("p-end"))
     time.sleep(1.0)
     assert receiver.of(sub_id, "event-notification") == []

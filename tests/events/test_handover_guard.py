@@ -18,9 +18,13 @@ HANDOVER = "https://samverka.se/fhir/StructureDefinition/subscription-handover"
 
 
 def _handover(after: str) -> dict[str, Any]:
-    return {"url": HANDOVER, "extension": [
-        {"url": "predecessor", "valueReference": {"reference": "Subscription/someone-elses"}},
-        {"url": "afterSequence", "valueString": after}]}
+    return {
+        "url": HANDOVER,
+        "extension": [
+            {"url": "predecessor", "valueReference": {"reference": "Subscription/someone-elses"}},
+            {"url": "afterSequence", "valueString": after},
+        ],
+    }
 
 
 def test_client_cannot_create_with_a_handover_point(server: RunningServer) -> None:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from eventkit import create, encounter, lab_result
+from eventkit import QUICK, create, encounter, lab_result
 from test_outbox import _store
 
-from conftest import QUICK
 from samverka.events.nats import ALL
 from samverka.events.topics import BASE
 from support.nats_server import NatsServer, Received, consume, find_nats_server
@@ -43,8 +42,12 @@ def nats_server() -> Iterator[NatsServer]:
 def _outbox(srv: RunningServer) -> list[tuple[int, str, str, int, str]]:
     store = _store(srv)
     try:
-        return [(int(s), t, i, int(v), k) for s, t, i, v, k in store.fetch(
-            "SELECT seq, type, id, version, interaction FROM event_outbox ORDER BY seq", ())]
+        return [
+            (int(s), t, i, int(v), k)
+            for s, t, i, v, k in store.fetch(
+                "SELECT seq, type, id, version, interaction FROM event_outbox ORDER BY seq", ()
+            )
+        ]
     finally:
         store.close()
 
@@ -52,15 +55,19 @@ def _outbox(srv: RunningServer) -> list[tuple[int, str, str, int, str]]:
 def _bridge(srv: RunningServer) -> list[tuple[str, int, str | None]]:
     store = _store(srv)
     try:
-        return [(str(n), int(p), h) for n, p, h in store.fetch(
-            "SELECT name, published, lease_holder FROM event_bridge ORDER BY name", ())]
+        return [
+            (str(n), int(p), h)
+            for n, p, h in store.fetch("SELECT name, published, lease_holder FROM event_bridge ORDER BY name", ())
+        ]
     finally:
         store.close()
 
 
 def _as_outbox(got: list[Received]) -> list[tuple[int, str, str, int, str]]:
-    return [(m.body["sequence"], m.body["resourceType"], m.body["id"], int(m.body["versionId"]),
-             m.body["interaction"]) for m in got]
+    return [
+        (m.body["sequence"], m.body["resourceType"], m.body["id"], int(m.body["versionId"]), m.body["interaction"])
+        for m in got
+    ]
 
 
 def _wait_published(srv: RunningServer, seq: int, timeout: float = 30.0) -> None:
@@ -82,7 +89,8 @@ def _kill(srv: RunningServer) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_committed_event_is_published_once_in_outbox_order(
-        backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> None:
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
+) -> None:
     """create, update, delete and a lab result each reach `samverka.events.all` once, in outbox order,
     with Nats-Msg-Id = the outbox sequence; a rolled-back transaction publishes nothing; the topic
     subjects carry the events that trigger their topic."""
@@ -94,17 +102,30 @@ def test_every_committed_event_is_published_once_in_outbox_order(
         lab = create(srv, lab_result("p-nats"))
         patient = create(srv, {"resourceType": "Patient", "name": [{"family": "Nats"}]})
         assert srv.client.delete(f"/Patient/{patient['id']}").status_code in (200, 204)
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": encounter("p-rolled-back", "in-progress"), "request": {"method": "POST", "url": "Encounter"}},
-            {"resource": {**encounter("p-rolled-back", "finished"), "id": "no-such-version"},
-             "request": {"method": "PUT", "url": "Encounter/no-such-version", "ifMatch": 'W/"7"'}},
-        ]}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": encounter("p-rolled-back", "in-progress"),
+                    "request": {"method": "POST", "url": "Encounter"},
+                },
+                {
+                    "resource": {**encounter("p-rolled-back", "finished"), "id": "no-such-version"},
+                    "request": {"method": "PUT", "url": "Encounter/no-such-version", "ifMatch": 'W/"7"'},
+                },
+            ],
+        }
         expect_outcome(srv.client.post("", json=bundle), 409, 412)
         last = create(srv, encounter("p-nats", "planned"))
         outbox = _outbox(srv)
         assert [row[0] for row in outbox] == list(range(1, len(outbox) + 1))
-        assert {(t, i) for _s, t, i, _v, _k in outbox} == {("Encounter", enc["id"]), ("Observation", lab["id"]),
-                                                          ("Patient", patient["id"]), ("Encounter", last["id"])}
+        assert {(t, i) for _s, t, i, _v, _k in outbox} == {
+            ("Encounter", enc["id"]),
+            ("Observation", lab["id"]),
+            ("Patient", patient["id"]),
+            ("Encounter", last["id"]),
+        }
 
         got = consume(nats_server.url, "REGION", ALL, len(outbox))
         assert _as_outbox(got) == outbox  # each committed event once, in outbox order, nothing else
@@ -112,18 +133,25 @@ def test_every_committed_event_is_published_once_in_outbox_order(
         assert [m.stream_seq for m in got] == sorted(m.stream_seq for m in got)
         assert all(m.body["timestamp"].endswith("Z") for m in got)
         deleted = next(m for m in got if m.body["interaction"] == "delete")
-        assert (deleted.body["resourceType"], deleted.body["id"], deleted.body["versionId"]) == \
-            ("Patient", patient["id"], "2")
+        assert (deleted.body["resourceType"], deleted.body["id"], deleted.body["versionId"]) == (
+            "Patient",
+            patient["id"],
+            "2",
+        )
 
         [lab_msg] = consume(nats_server.url, "REGION", "samverka.events.lab-result", 1)
         lab_seq = next(s for s, t, i, _v, _k in outbox if (t, i) == ("Observation", lab["id"]))
         assert lab_msg.body["id"] == lab["id"] and lab_msg.body["topics"] == [f"{BASE}/lab-result"]
         assert lab_msg.msg_id == f"{lab_seq}:lab-result"
         [started] = consume(nats_server.url, "REGION", "samverka.events.encounter-start-end", 1)
-        assert (started.body["id"], started.body["versionId"], started.body["interaction"]) == \
-            (enc["id"], "2", "update")
-        assert next(m for m in got if m.body["sequence"] == started.body["sequence"]).body["topics"] == \
-            [f"{BASE}/encounter-start-end"]
+        assert (started.body["id"], started.body["versionId"], started.body["interaction"]) == (
+            enc["id"],
+            "2",
+            "update",
+        )
+        assert next(m for m in got if m.body["sequence"] == started.body["sequence"]).body["topics"] == [
+            f"{BASE}/encounter-start-end"
+        ]
         assert next(m for m in got if m.body["id"] == last["id"]).body["topics"] == []  # planned: no topic
 
         _wait_published(srv, outbox[-1][0])
@@ -134,7 +162,8 @@ def test_every_committed_event_is_published_once_in_outbox_order(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_events_committed_while_nats_is_down_are_published_when_it_is_back(
-        backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> None:
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
+) -> None:
     """NATS stops: writes go on (the outbox holds the events) and the cursor stays; NATS comes back:
     every event arrives, once, in order."""
     srv = launch(request, backend, tmp_path, [*QUICK, "--nats", nats_server.url])
@@ -160,7 +189,8 @@ def test_events_committed_while_nats_is_down_are_published_when_it_is_back(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kill_9_before_the_publish_and_after_the_ack(
-        backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> None:
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
+) -> None:
     """kill -9 with committed events not yet published: the restarted server publishes them. Then a crash
     between JetStream's ack and the cursor update (the cursor set back by hand): the republished
     messages carry the same Nats-Msg-Id and JetStream drops them, so the stream still holds each once."""
@@ -205,11 +235,13 @@ def test_kill_9_before_the_publish_and_after_the_ack(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_several_workers_publish_one_ordered_stream(
-        backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> None:
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
+) -> None:
     """--workers 2 and writers in parallel: one process holds the bridge lease, and the stream holds
     each of the 40 events once, in outbox (commit) order."""
     srv = launch(request, backend, tmp_path, [*QUICK, "--nats", nats_server.url, "--workers", "2"])
     try:
+
         def write(n: int) -> None:
             with httpx.Client(base_url=srv.base, timeout=60.0) as client:
                 for _ in range(n):
@@ -234,8 +266,26 @@ def test_several_workers_publish_one_ordered_stream(
 
 def test_serve_refuses_a_stream_name_nats_cannot_use(tmp_path: Path) -> None:
     """--nats-stream must be a JetStream stream name (no dots, spaces or wildcards): exit 2 with a reason."""
-    r = subprocess.run([sys.executable, "-c", "from samverka.cli import main; main()", "serve", "--data-dir",
-                        str(tmp_path), "--port", "18998", "--auth", "off", "--nats", "nats://127.0.0.1:4222",
-                        "--nats-stream", "samverka.events"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from samverka.cli import main; main()",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            "18998",
+            "--auth",
+            "off",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--nats-stream",
+            "samverka.events",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "--nats-stream 'samverka.events': a stream name is letters, digits" in r.stderr

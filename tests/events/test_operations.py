@@ -10,8 +10,7 @@ from support.server import RunningServer, expect_outcome
 
 
 def _params(resource: dict[str, Any]) -> dict[str, Any]:
-    return {p["name"]: next((v for k, v in p.items() if k.startswith("value")), None)
-            for p in resource["parameter"]}
+    return {p["name"]: next((v for k, v in p.items() if k.startswith("value")), None) for p in resource["parameter"]}
 
 
 def test_status_reports_the_subscription(server: RunningServer, receiver: Receiver) -> None:
@@ -32,8 +31,9 @@ def test_status_reports_the_subscription(server: RunningServer, receiver: Receiv
     assert params["subscription"]["reference"].endswith(f"/Subscription/{sub_id}")
     expected = fixture("subscription_status_example.json")
     assert shape(bundle)["entry"][0]["resource"]["meta"] == shape(expected)["entry"][0]["resource"]["meta"]
-    assert [p["name"] for p in bundle["entry"][0]["resource"]["parameter"]] == \
-        [p["name"] for p in expected["entry"][0]["resource"]["parameter"]][:5]
+    assert [p["name"] for p in bundle["entry"][0]["resource"]["parameter"]] == [
+        p["name"] for p in expected["entry"][0]["resource"]["parameter"]
+    ][:5]
     expect_outcome(server.client.get("/Subscription/nope/$status"), 404)
     other = subscribe(server, receiver, "referral")
     both = server.client.get("/Subscription/$status", params={"id": f"{sub_id},{other}"}).json()
@@ -46,12 +46,14 @@ def test_status_reports_the_subscription(server: RunningServer, receiver: Receiv
 
 def test_events_replays_a_range_by_number(server: RunningServer, receiver: Receiver) -> None:
     """$events?eventsSinceNumber=2&eventsUntilNumber=3 returns exactly events 2 and 3 with their focus."""
-    sub_id = subscribe(server, receiver, "lab-result", payload="full-resource",
-                        filter_="Observation?patient=Patient/p-replay")
+    sub_id = subscribe(
+        server, receiver, "lab-result", payload="full-resource", filter_="Observation?patient=Patient/p-replay"
+    )
     made = [create(server, lab_result("p-replay", code)) for code in ("1-8", "2-6", "3-4", "4-2")]
     receiver.events(sub_id, 4)
-    r = server.client.get(f"/Subscription/{sub_id}/$events",
-                          params={"eventsSinceNumber": "2", "eventsUntilNumber": "3"})
+    r = server.client.get(
+        f"/Subscription/{sub_id}/$events", params={"eventsSinceNumber": "2", "eventsUntilNumber": "3"}
+    )
     assert r.status_code == 200, r.text
     bundle = r.json()
     assert bundle["type"] == "history"
@@ -60,8 +62,9 @@ def test_events_replays_a_range_by_number(server: RunningServer, receiver: Recei
     events = [p for p in status["parameter"] if p["name"] == "notification-event"]
     assert [e["part"][0]["valueString"] for e in events] == ["2", "3"]
     assert [e["resource"]["id"] for e in bundle["entry"][1:]] == [made[1]["id"], made[2]["id"]]
-    id_only = server.client.get(f"/Subscription/{sub_id}/$events",
-                                params={"eventsSinceNumber": "4", "content": "id-only"}).json()
+    id_only = server.client.get(
+        f"/Subscription/{sub_id}/$events", params={"eventsSinceNumber": "4", "content": "id-only"}
+    ).json()
     assert [e["fullUrl"].rsplit("/", 1)[-1] for e in id_only["entry"][1:]] == [made[3]["id"]]
     assert "resource" not in id_only["entry"][1]
     expect_outcome(server.client.get(f"/Subscription/{sub_id}/$events", params={"eventsSinceNumber": "x"}), 400)
@@ -69,14 +72,25 @@ def test_events_replays_a_range_by_number(server: RunningServer, receiver: Recei
 
 def test_notification_shapes_match_the_ig_examples(server: RunningServer, receiver: Receiver) -> None:
     """Handshake, heartbeat and empty/id-only/full-resource notifications have the fixtures' structure."""
-    subs = {kind: subscribe(server, receiver, "encounter-start-end", payload=kind, heartbeat=1,
-                             filter_="Encounter?patient=Patient/p-shape") for kind in ("empty", "id-only",
-                                                                                        "full-resource")}
+    subs = {
+        kind: subscribe(
+            server,
+            receiver,
+            "encounter-start-end",
+            payload=kind,
+            heartbeat=1,
+            filter_="Encounter?patient=Patient/p-shape",
+        )
+        for kind in ("empty", "id-only", "full-resource")
+    }
     create(server, encounter("p-shape", "in-progress"))
     hs = receiver.of(subs["empty"], "handshake")[0].body
     assert shape(hs) == shape(fixture("handshake_bundle_example.json"))
-    names = {"empty": "empty_notification_bundle_example.json", "id-only": "id_only_notification_bundle_example.json",
-             "full-resource": "full_resource_notification_bundle_example.json"}
+    names = {
+        "empty": "empty_notification_bundle_example.json",
+        "id-only": "id_only_notification_bundle_example.json",
+        "full-resource": "full_resource_notification_bundle_example.json",
+    }
     for kind, sub_id in subs.items():
         [note] = receiver.events(sub_id, 1)
         assert shape(note.body) == shape(fixture(names[kind])), kind
@@ -90,8 +104,11 @@ def test_notification_shapes_match_the_ig_examples(server: RunningServer, receiv
 def test_capability_statement_advertises_the_topics(server: RunningServer) -> None:
     statement = server.client.get("/metadata").json()
     [sub] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
-    urls = [e["valueCanonical"] for e in sub["extension"]
-            if e["url"].endswith("/capabilitystatement-subscriptiontopic-canonical")]
+    urls = [
+        e["valueCanonical"]
+        for e in sub["extension"]
+        if e["url"].endswith("/capabilitystatement-subscriptiontopic-canonical")
+    ]
     assert len(urls) == 5 and all(u.startswith("https://samverka.se/fhir/SubscriptionTopic/") for u in urls)
     assert {o["name"] for o in sub["operation"]} >= {"status", "events"}
     for url in urls:  # every advertised topic can be subscribed to

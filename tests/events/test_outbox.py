@@ -35,8 +35,10 @@ def store(server: RunningServer) -> Iterator[Repository]:
 
 
 def _outbox(store: Repository, after: int = 0) -> list[tuple[Any, ...]]:
-    return store.fetch("SELECT seq, type, id, version, before_version, interaction FROM event_outbox"
-                       " WHERE seq > ? ORDER BY seq", (after,))
+    return store.fetch(
+        "SELECT seq, type, id, version, before_version, interaction FROM event_outbox WHERE seq > ? ORDER BY seq",
+        (after,),
+    )
 
 
 def _head(store: Repository) -> int:
@@ -61,11 +63,17 @@ def test_every_committed_write_has_its_event_in_order(server: RunningServer, sto
 def test_failing_transaction_bundle_leaves_no_event(server: RunningServer, store: Repository) -> None:
     """A transaction whose second entry fails rolls back the first entry's write and its event."""
     start = _head(store)
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": encounter("p-rollback", "in-progress"), "request": {"method": "POST", "url": "Encounter"}},
-        {"resource": {**encounter("p-rollback", "finished"), "id": "no-such-version"},
-         "request": {"method": "PUT", "url": "Encounter/no-such-version", "ifMatch": 'W/"7"'}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": encounter("p-rollback", "in-progress"), "request": {"method": "POST", "url": "Encounter"}},
+            {
+                "resource": {**encounter("p-rollback", "finished"), "id": "no-such-version"},
+                "request": {"method": "PUT", "url": "Encounter/no-such-version", "ifMatch": 'W/"7"'},
+            },
+        ],
+    }
     expect_outcome(server.client.post("", json=bundle), 409, 412)
     assert _outbox(store, start) == []
     assert _head(store) == start
@@ -75,10 +83,14 @@ def test_failing_transaction_bundle_leaves_no_event(server: RunningServer, store
 
 def test_successful_transaction_bundle_has_one_event_per_entry(server: RunningServer, store: Repository) -> None:
     start = _head(store)
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": encounter("p-tx", "in-progress"), "request": {"method": "POST", "url": "Encounter"}},
-        {"resource": encounter("p-tx", "finished"), "request": {"method": "POST", "url": "Encounter"}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": encounter("p-tx", "in-progress"), "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": encounter("p-tx", "finished"), "request": {"method": "POST", "url": "Encounter"}},
+        ],
+    }
     r = server.client.post("", json=bundle)
     assert r.status_code == 200, r.text
     rows = _outbox(store, start)
@@ -119,9 +131,14 @@ def test_a_write_rolled_back_after_it_was_made_has_no_event(services: Services) 
 def test_a_large_transaction_numbers_every_entry(services: Services) -> None:
     """250 entries in one transaction Bundle: 250 outbox rows (three multi-row INSERTs), seq without gaps."""
     before = _head(services.repo)
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": encounter(f"p-big-{i}", "planned"), "request": {"method": "POST", "url": "Encounter"}}
-        for i in range(250)]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": encounter(f"p-big-{i}", "planned"), "request": {"method": "POST", "url": "Encounter"}}
+            for i in range(250)
+        ],
+    }
     assert transaction.transaction(services, "http://x/fhir", bundle, False).status == 200
     rows = _outbox(services.repo, before)
     assert [r[0] for r in rows] == list(range(before + 1, before + 251))

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventkit import Receiver, create, lab_result, subscribe, subscription
+from eventkit import QUICK, Receiver, create, lab_result, subscribe, subscription
 from test_outbox import _store
 
-from conftest import QUICK
 from samverka.api.server import build_services
 from samverka.config import Settings
 from samverka.events import Outboxing, delivery_state
@@ -50,8 +49,9 @@ def test_events_reach_an_endpoint_that_was_down(server: RunningServer, receiver:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_failures_past_the_retry_period_set_status_error(backend: str, request: pytest.FixtureRequest,
-                                                         tmp_path: Path, receiver: Receiver) -> None:
+def test_failures_past_the_retry_period_set_status_error(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
+) -> None:
     """After --event-retry-period seconds of failures the Subscription reads status error; a client that
     asks for requested again gets a handshake and then every event, from the first undelivered one."""
     srv = launch(request, backend, tmp_path, [*QUICK, "--event-retry-period", "1.5"])
@@ -77,8 +77,9 @@ def test_failures_past_the_retry_period_set_status_error(backend: str, request: 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_event_committed_before_a_kill_is_delivered_after_restart(backend: str, request: pytest.FixtureRequest,
-                                                                  tmp_path: Path, receiver: Receiver) -> None:
+def test_event_committed_before_a_kill_is_delivered_after_restart(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
+) -> None:
     """kill -9 right after the commit, before delivery (the endpoint refuses): the restarted server
     delivers the event with its number."""
     srv = launch(request, backend, tmp_path, QUICK)
@@ -109,13 +110,15 @@ def test_event_committed_before_a_kill_is_delivered_after_restart(backend: str, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_several_workers_deliver_once_in_order(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
-                                               receiver: Receiver) -> None:
+def test_several_workers_deliver_once_in_order(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
+) -> None:
     """With --workers 2 one process holds the lease: 20 events arrive once each, in order."""
     srv = launch(request, backend, tmp_path, [*QUICK, "--workers", "2"])
     try:
-        r = srv.client.post("/Subscription", json=subscription("lab-result", receiver.url,
-                                                                 filter_="Observation?patient=Patient/p-many"))
+        r = srv.client.post(
+            "/Subscription", json=subscription("lab-result", receiver.url, filter_="Observation?patient=Patient/p-many")
+        )
         assert r.status_code == 201, r.text
         sub_id = r.json()["id"]
         for _ in range(20):
@@ -127,8 +130,9 @@ def test_several_workers_deliver_once_in_order(backend: str, request: pytest.Fix
         srv.stop()
 
 
-def test_handover_continues_after_the_predecessors_last_acknowledged_event(server: RunningServer,
-                                                                          receiver: Receiver) -> None:
+def test_handover_continues_after_the_predecessors_last_acknowledged_event(
+    server: RunningServer, receiver: Receiver
+) -> None:
     """A Subscription with `subscription-handover` afterSequence (written by the module registry, the
     only writer allowed to set it: `Outboxing.as_registry`) gets every matching event committed after
     that outbox position — also those committed before it existed —
@@ -140,8 +144,11 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
     try:
         # the receiver has the POST before the server has recorded its 2xx: wait for the acknowledgement
         deadline = time.monotonic() + 15
-        while (state := delivery_state(store, old)) is not None and state["acknowledgedEvent"] != 2 \
-                and time.monotonic() < deadline:
+        while (
+            (state := delivery_state(store, old)) is not None
+            and state["acknowledgedEvent"] != 2
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         body = server.client.get(f"/Subscription/{old}").json()
         assert server.client.put(f"/Subscription/{old}", json={**body, "status": "off"}).status_code == 200
@@ -152,8 +159,12 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
         store.close()
     missed = [create(server, lab_result("p-hand"))["id"] for _ in range(2)]  # nobody is subscribed now
     new = subscription("lab-result", receiver.url, filter_="Observation?patient=Patient/p-hand")
-    new["extension"] = [{"url": "https://samverka.se/fhir/StructureDefinition/subscription-handover",
-                         "extension": [{"url": "afterSequence", "valueString": str(after)}]}]
+    new["extension"] = [
+        {
+            "url": "https://samverka.se/fhir/StructureDefinition/subscription-handover",
+            "extension": [{"url": "afterSequence", "valueString": str(after)}],
+        }
+    ]
     issues = expect_outcome(server.client.post("/Subscription", json=new), 422)  # not from a client
     assert issues[0]["expression"] == ["Subscription.extension[0].extension[0].valueString"]
     new_id = _registry_create(server, new)  # as `samverka module replace` writes it
@@ -163,8 +174,12 @@ def test_handover_continues_after_the_predecessors_last_acknowledged_event(serve
     assert [n for r in got for n in r.numbers] == [1, 2, 3]
     assert focus == [*missed, live]
     assert not set(first) & set(focus)
-    bad = {**new, "extension": [{"url": new["extension"][0]["url"],
-                                 "extension": [{"url": "afterSequence", "valueString": "-1"}]}]}
+    bad = {
+        **new,
+        "extension": [
+            {"url": new["extension"][0]["url"], "extension": [{"url": "afterSequence", "valueString": "-1"}]}
+        ],
+    }
     issues = expect_outcome(server.client.post("/Subscription", json=bad), 422)
     assert issues[0]["expression"] == ["Subscription.extension[0].extension[0].valueString"]
 

@@ -22,15 +22,26 @@ def _focus(receiver: Receiver, sub_id: str, count: int) -> list[tuple[str, str]]
     out = []
     for r in receiver.events(sub_id, count):
         for i, _n in enumerate(r.numbers):
-            out.append((r.status["notification-event"][i]["focus"]["reference"].rsplit("/", 1)[-1],
-                        r.body["entry"][1 + i]["request"]["method"]))
+            out.append(
+                (
+                    r.status["notification-event"][i]["focus"]["reference"].rsplit("/", 1)[-1],
+                    r.body["entry"][1 + i]["request"]["method"],
+                )
+            )
     return out[:count]
 
 
 def test_referral_created_or_status_changed(server: RunningServer, receiver: Receiver) -> None:
     sub_id = subscribe(server, receiver, "referral", filter_="ServiceRequest?patient=Patient/p-ref")
-    sr = create(server, {"resourceType": "ServiceRequest", "status": "draft", "intent": "order",
-                         "subject": {"reference": "Patient/p-ref"}})  # created: event 1
+    sr = create(
+        server,
+        {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": "Patient/p-ref"},
+        },
+    )  # created: event 1
     sr = _put(server, sr, note=[{"text": "only a note"}])  # same status: no event
     _put(server, sr, status="active")  # status change: event 2
     assert _focus(receiver, sub_id, 2) == [(sr["id"], "POST"), (sr["id"], "PUT")]
@@ -38,10 +49,15 @@ def test_referral_created_or_status_changed(server: RunningServer, receiver: Rec
 
 
 def test_appointment_booked_or_cancelled(server: RunningServer, receiver: Receiver) -> None:
-    sub_id = subscribe(server, receiver, "appointment-booked-cancelled",
-                       filter_="Appointment?patient=Patient/p-appt")
-    appt = create(server, {"resourceType": "Appointment", "status": "proposed",
-                           "participant": [{"actor": {"reference": "Patient/p-appt"}, "status": "needs-action"}]})
+    sub_id = subscribe(server, receiver, "appointment-booked-cancelled", filter_="Appointment?patient=Patient/p-appt")
+    appt = create(
+        server,
+        {
+            "resourceType": "Appointment",
+            "status": "proposed",
+            "participant": [{"actor": {"reference": "Patient/p-appt"}, "status": "needs-action"}],
+        },
+    )
     appt = _put(server, appt, status="booked")  # event 1
     appt = _put(server, appt, comment="moved room")  # still booked: no event
     _put(server, appt, status="cancelled")  # event 2
@@ -51,8 +67,9 @@ def test_appointment_booked_or_cancelled(server: RunningServer, receiver: Receiv
 
 
 def test_patient_demographics_change(server: RunningServer, receiver: Receiver) -> None:
-    pat = create(server, {"resourceType": "Patient", "name": [{"family": "Öberg", "given": ["Åsa"]}],
-                          "gender": "female"})
+    pat = create(
+        server, {"resourceType": "Patient", "name": [{"family": "Öberg", "given": ["Åsa"]}], "gender": "female"}
+    )
     sub_id = subscribe(server, receiver, "patient-demographics", filter_=f"Patient?_id={pat['id']}")
     pat = _put(server, pat, active=True)  # not demographics: no event
     pat = _put(server, pat, name=[{"family": "Lind", "given": ["Åsa"]}])  # event 1
@@ -64,9 +81,15 @@ def test_patient_demographics_change(server: RunningServer, receiver: Receiver) 
 def test_encounter_deleted_while_in_progress_is_not_an_end(server: RunningServer, receiver: Receiver) -> None:
     """Only starts and ends trigger: a delete is not one of the topic's interactions."""
     sub_id = subscribe(server, receiver, "encounter-start-end", filter_="Encounter?patient=Patient/p-del")
-    enc = create(server, {"resourceType": "Encounter", "status": "in-progress",
-                          "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                          "subject": {"reference": "Patient/p-del"}})
+    enc = create(
+        server,
+        {
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": "Patient/p-del"},
+        },
+    )
     assert server.client.delete(f"/Encounter/{enc['id']}").status_code in (200, 204)
     later = create(server, {**{k: v for k, v in enc.items() if k not in ("id", "meta")}, "status": "finished"})
     assert _focus(receiver, sub_id, 2) == [(enc["id"], "POST"), (later["id"], "POST")]

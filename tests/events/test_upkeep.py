@@ -26,9 +26,13 @@ def store(server: RunningServer) -> Iterator[Repository]:
 
 
 def _seqs(store: Repository, sub_id: str) -> dict[int, int]:
-    return {int(n): int(s) for n, s in store.fetch(
-        "SELECT n.number, n.seq FROM event_notification n JOIN event_outbox o ON o.seq = n.seq WHERE n.sub = ?",
-        (sub_id,))}
+    return {
+        int(n): int(s)
+        for n, s in store.fetch(
+            "SELECT n.number, n.seq FROM event_notification n JOIN event_outbox o ON o.seq = n.seq WHERE n.sub = ?",
+            (sub_id,),
+        )
+    }
 
 
 def _state(store: Repository, sub_id: str) -> dict[str, Any]:
@@ -67,8 +71,11 @@ def test_error_rate_and_retention(server: RunningServer, receiver: Receiver, sto
     assert sorted(kept) == [4, 5]  # acknowledged and old: gone; unacknowledged: kept
     assert store.fetch("SELECT COUNT(*) FROM event_outbox WHERE seq >= ?", (seqs[4],))[0][0] >= 2
     replay = server.client.get(f"/Subscription/{sub_id}/$events", params={"eventsSinceNumber": "4"}).json()
-    numbers = [p["part"][0]["valueString"] for p in replay["entry"][0]["resource"]["parameter"]
-               if p["name"] == "notification-event"]
+    numbers = [
+        p["part"][0]["valueString"]
+        for p in replay["entry"][0]["resource"]["parameter"]
+        if p["name"] == "notification-event"
+    ]
     assert numbers == ["4", "5"]
 
     receiver.answer = 200  # recovers: once acknowledged, they may go too

@@ -16,23 +16,31 @@ from contextlib import ExitStack, suppress
 from typing import Any
 
 import pytest
-from eventkit import EXT, TOPIC, Received, create, fixture, lab_result, shape
+from eventkit import EXT, QUICK, TOPIC, Received, create, fixture, lab_result, shape
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from conftest import QUICK
 from support.server import RunningServer, expect_outcome, launch
 
 
-def ws_subscription(topic: str = "lab-result", payload: str = "id-only", heartbeat: int | None = None
-                    ) -> dict[str, Any]:
-    channel: dict[str, Any] = {"type": "websocket", "payload": "application/fhir+json",
-                               "_payload": {"extension": [{"url": f"{EXT}backport-payload-content",
-                                                           "valueCode": payload}]}}
+def ws_subscription(
+    topic: str = "lab-result", payload: str = "id-only", heartbeat: int | None = None
+) -> dict[str, Any]:
+    channel: dict[str, Any] = {
+        "type": "websocket",
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{"url": f"{EXT}backport-payload-content", "valueCode": payload}]},
+    }
     if heartbeat:
         channel["extension"] = [{"url": f"{EXT}backport-heartbeat-period", "valueUnsignedInt": heartbeat}]
-    return {"resourceType": "Subscription", "meta": {"profile": [f"{EXT}backport-subscription"]},
-            "status": "requested", "reason": "websocket test", "criteria": TOPIC + topic, "channel": channel}
+    return {
+        "resourceType": "Subscription",
+        "meta": {"profile": [f"{EXT}backport-subscription"]},
+        "status": "requested",
+        "reason": "websocket test",
+        "criteria": TOPIC + topic,
+        "channel": channel,
+    }
 
 
 def params(body: dict[str, Any]) -> dict[str, Any]:
@@ -153,8 +161,9 @@ def test_reconnect_catches_up_through_events(server: RunningServer, patient: str
     try:
         hs = again.next()
         assert hs.kind == "handshake" and hs.status["events-since-subscription-start"] == "3"
-        r = server.client.get(f"/Subscription/{sub_id}/$events", params={"eventsSinceNumber": "2",
-                                                                           "eventsUntilNumber": "3"})
+        r = server.client.get(
+            f"/Subscription/{sub_id}/$events", params={"eventsSinceNumber": "2", "eventsUntilNumber": "3"}
+        )
         assert r.status_code == 200, r.text
         replay = Received("$events", {}, r.json())
         assert replay.numbers == [2, 3]
@@ -211,8 +220,7 @@ def test_switched_off_subscription_stops_sending(server: RunningServer, patient:
 
 
 @pytest.fixture(scope="module")
-def two_workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[RunningServer]:
+def two_workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     srv = launch(request, "sqlite", tmp_path_factory.mktemp("ws-workers"), [*QUICK, "--workers", "2"])
     try:
         yield srv

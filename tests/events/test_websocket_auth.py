@@ -26,8 +26,11 @@ def auth_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     backend = str(request.param)
     srv = launch(request, backend, tmp_path_factory.mktemp(f"ws-auth-{backend}"), ["--auth", "on"])
     args = srv.args
-    store = (["--database", args[args.index("--database") + 1]] if "--database" in args
-             else ["--data-dir", args[args.index("--data-dir") + 1]])
+    store = (
+        ["--database", args[args.index("--database") + 1]]
+        if "--database" in args
+        else ["--data-dir", args[args.index("--data-dir") + 1]]
+    )
     try:
         yield AuthServer(srv, store)
     finally:
@@ -56,8 +59,11 @@ def test_binding_token_needs_subscription_read_access(auth_server: AuthServer) -
             assert hs["resourceType"] == "Bundle" and hs["type"] == "history"
         # the client is revoked: a token it was given before no longer binds
         again = params(owner.get(f"/Subscription/{sub_id}/$get-ws-binding-token").json())
-        r = httpx.delete(f"{auth_server.origin}/auth/clients/{owner_id}",
-                         headers={"Authorization": f"Bearer {auth_server.admin_token()}"}, timeout=30)
+        r = httpx.delete(
+            f"{auth_server.origin}/auth/clients/{owner_id}",
+            headers={"Authorization": f"Bearer {auth_server.admin_token()}"},
+            timeout=30,
+        )
         assert r.status_code in (200, 204), r.text
         with connect(again["websocket-url"], open_timeout=10) as ws:
             ws.send(f"bind-with-token {again['token']}")
