@@ -96,33 +96,41 @@ def _until(deadline: float) -> None:
     time.sleep(max(0.0, deadline - time.time()))
 
 
+def _at(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def test_time_boundaries_without_any_write(launch_server: LaunchServer, doctor: httpx.Client) -> None:
     """A grant's expiry, a Consent period's start and end and the 30-day window of a finished Encounter
-    change the answer with no write in between: only `valid_until` makes the cache see them."""
+    change the answer with no write in between: only `valid_until` makes the cache see them.
+
+    The boundaries are whole seconds (as the resources state them) counted from `base`, far enough
+    ahead that the setup on a loaded machine is done before the first one."""
     gid, sid, eid, wid = "cache-expiry", "cache-period", "cache-ended", "cache-window"
-    start = time.time()
+    base = float(int(time.time()) + 9)
     put_all(launch_server, [
         patient(gid), observation(f"{gid}-obs", gid, None),
-        # a spärr from +4 s to +7 s
+        # a spärr from base + 1 s to base + 4 s
         patient(sid), encounter(f"{sid}-own", sid, VC.id), encounter(f"{sid}-orto", sid, ORTO.id, "finished", when(-2)),
         observation(f"{sid}-obs", sid, f"{sid}-orto"),
-        consent(f"{sid}-deny", sid, "deny", [ORTO.id], {"start": when(4 / 86400), "end": when(7 / 86400)}),
-        # a finished Encounter leaving the 30-day window in about 5 s
-        patient(wid), encounter(f"{wid}-enc", wid, VC.id, "finished", when(-30 + 5 / 86400)),
+        consent(f"{sid}-deny", sid, "deny", [ORTO.id], {"start": _at(base + 1), "end": _at(base + 4)}),
+        # a finished Encounter leaving the 30-day window at base + 4 s
+        patient(wid), encounter(f"{wid}-enc", wid, VC.id, "finished", _at(base + 4 - 30 * 86400)),
         observation(f"{wid}-obs", wid, f"{wid}-enc"),
         patient(eid)])
+    granted = time.time()
     r = doctor.post(f"/Patient/{gid}/$emergency-access", json={"resourceType": "Parameters", "parameter": [
         {"name": "reason", "valueString": "medvetslös"},
         {"name": "duration", "valueDuration": {"value": 3, "code": "s", "system": "http://unitsofmeasure.org"}}]})
     assert r.status_code == 200, r.text
     paths = [f"/Observation/{gid}-obs", f"/Observation/{sid}-obs", f"/Observation/{wid}-obs"]
     assert [_status(doctor, p) for p in paths] == [200, 200, 200]
-    _until(start + 3.5)
+    assert time.time() < base + 1, "the setup took longer than the margin before the first boundary"
+    _until(granted + 3.5)
     assert _status(doctor, paths[0]) == 403  # the emergency access expired
-    assert _status(doctor, paths[1]) == 200
-    _until(start + 5.5)
+    _until(base + 1.5)
     assert _status(doctor, paths[1]) == 403  # the spärr is in force
     assert _ids(doctor, sid) == []
-    _until(start + 8.5)
+    _until(base + 5.5)  # a second-precision end covers its whole second
     assert _status(doctor, paths[1]) == 200  # and over
     assert _status(doctor, paths[2]) == 403  # the Encounter left the window

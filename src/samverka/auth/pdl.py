@@ -25,11 +25,12 @@ blocked by no one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -52,6 +53,7 @@ Filter = tuple[str, Sequence[Any]]
 OPEN_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave"
 MAX_BOUND = 5000  # relationship sets up to this size are bound as parameters, larger ones stay subqueries
 _DEPTH = 7  # alias suffix of the subqueries here, apart from the outer query's x0, t1, ...
+T = TypeVar("T")
 
 
 def denied(message: str, expression: str | None = None, code: str = "forbidden") -> FhirError:
@@ -94,6 +96,21 @@ def _hsa_ids(repo: Repository, org_ids: Sequence[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _memoized(method: Callable[[Policy], T]) -> Callable[[Policy], T]:
+    """A Policy method without arguments, computed once per Policy (kept in its `_memo`)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def once(self: Policy) -> T:
+        try:
+            return cast(T, self._memo[name])
+        except KeyError:
+            value = self._memo[name] = method(self)
+            return value
+
+    return once
+
+
 @dataclass
 class Policy:
     """What one user, under one assignment, may see of patient data right now."""
@@ -112,6 +129,9 @@ class Policy:
     reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
     notes: list[str] = field(default_factory=list)
     valid_until: int | None = None  # µs: the first instant the policy may change without a write (pdl_cache)
+    # the SQL pieces below depend only on the fields above, which never change once built (pdl_cache builds
+    # a new Policy instead): each is composed once per policy, not per request
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # ----- building -----
 
@@ -181,6 +201,7 @@ class Policy:
         return (f"(r.type <> 'Patient' AND ({sql} OR ({tag_sql})))",
                 [sp.id, *values, eoc.id, *values, *links, sp.id, *values, *tag_params])
 
+    @_memoized
     def _blocked(self) -> Filter:
         """Rows hidden by a spärr: the patient's information recorded at a blocked unit or provider."""
         parts, params = [], []
@@ -193,6 +214,7 @@ class Policy:
             params += [b.patient, *ps]
         return (" OR ".join(parts), params) if parts else ("", [])
 
+    @_memoized
     def _other_provider(self) -> Filter:
         """Rows recorded by another care provider without the patient's consent or an emergency access."""
         refs = _refs(self.provider_orgs)
@@ -206,6 +228,7 @@ class Policy:
             return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]
         return cond, ps
 
+    @_memoized
     def _reachable(self) -> Filter:
         """The patients the user may reach at all: a care relationship or an emergency access.
 
@@ -222,6 +245,7 @@ class Policy:
 
     # ----- what the request layer uses -----
 
+    @_memoized
     def search_filter(self) -> Filter:
         reach, ps = self._reachable()
         other, ops = self._other_provider()
@@ -231,18 +255,21 @@ class Policy:
         if blocked:
             sql += f" AND NOT ({blocked})"
             params += bps
-        return sql + "))", params
+        return sql + "))", tuple(params)  # a tuple: the memo is shared by every request of the policy
 
+    @_memoized
     def withheld_filter(self) -> Filter | None:
         """Rows the user would see but for a spärr; None when no spärr concerns the user."""
         blocked, bps = self._blocked()
         if not blocked:
             return None
         reach, ps = self._reachable()
-        return f"(r.compartment IS NOT NULL AND {reach} AND ({blocked}))", [*ps, *bps]
+        return f"(r.compartment IS NOT NULL AND {reach} AND ({blocked}))", (*ps, *bps)
 
-    def check(self, repo: Repository, type_: str, id_: str, expression: str | None = None) -> None:
-        """403 with the reason unless the user may see `type_/id_` (unknown resources pass: 404 later)."""
+    @_memoized
+    def _instance_sql(self) -> tuple[str, list[Any], bool]:
+        """The instance check's query: the row's patient and whether it is reachable, another provider's
+        and (when a spärr concerns the user) blocked."""
         reach, ps = self._reachable()
         other, ops = self._other_provider()
         blocked, bps = self._blocked()
@@ -251,7 +278,12 @@ class Policy:
         if blocked:
             cols += f", CASE WHEN {blocked} THEN 1 ELSE 0 END"
             params += bps
-        rows = repo.fetch(f"SELECT {cols} FROM resources r WHERE r.type = ? AND r.id = ?", [*params, type_, id_])
+        return f"SELECT {cols} FROM resources r WHERE r.type = ? AND r.id = ?", params, bool(blocked)
+
+    def check(self, repo: Repository, type_: str, id_: str, expression: str | None = None) -> None:
+        """403 with the reason unless the user may see `type_/id_` (unknown resources pass: 404 later)."""
+        sql, params, blocked = self._instance_sql()
+        rows = repo.fetch(sql, [*params, type_, id_])
         if not rows or rows[0][0] is None:
             return
         patient, reachable, other_provider = rows[0][0], rows[0][1], rows[0][2]

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # events per notification Bundle for a subscription without the backport max-count extension: a
 # subscription that is behind catches up with several notification-events per POST (in order)
 DEFAULT_MAX_COUNT = 20
+# between full rounds the leader looks at the outbox head this often: a commit in another worker process
+# (which cannot wake this one) is dispatched within this, not within event_poll
+PEEK = 0.02
 
 _SUB_COLS = ("id, topic, payload, endpoint, headers, heartbeat, timeout, max_count, end_us, owner, owner_scope,"
              " owner_patient, status, events_since_start, delivered, error_count, failing_since, next_try,"
@@ -159,14 +162,29 @@ class Worker:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per notification
         self.client = httpx.AsyncClient()
         poll = float(self.settings.event_poll)
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            head = self._head() if self.leader else None  # read first: a commit after it is seen as a change
             try:
                 self.tick()
             except Exception:  # a database hiccup must not end delivery: log and try again next round
                 log.exception("event delivery round failed")
             woken.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), poll)
+            deadline = loop.time() + poll
+            while not woken.is_set() and not self._stop.is_set() and (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(PEEK, left) if self.leader else left)
+                if self.leader and not woken.is_set() and self._head() != head:
+                    break
+
+    def _head(self) -> int | None:
+        """The newest outbox row (an index lookup); None when it cannot be read (the next round will tell)."""
+        try:
+            rows = self.raw.fetch("SELECT max(seq) FROM event_outbox", ())
+        except Exception:
+            log.debug("reading the outbox head failed", exc_info=True)
+            return None
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     def tick(self) -> None:
         now = now_us()
