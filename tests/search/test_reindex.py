@@ -86,13 +86,17 @@ def test_concurrent_writes_during_a_reindex_are_not_lost(svc: Services) -> None:
     runner.start()
     rnd = random.Random(7)
     writes = 0
-    while runner.is_alive() or writes < 50:
+    # writes while the reindex runs (at least 50, at most 2,000: back-to-back writes could otherwise starve
+    # the runner of the write lock and never end), with a pause that lets the runner take the lock
+    while (runner.is_alive() or writes < 50) and writes < 2000:
         pid = f"p{rnd.randrange(600)}"
         city = rnd.choice(CITIES)
         update.update(svc, "Patient", pid, patient(city, pid))
         made[pid] = city
         writes += 1
-    runner.join()
+        time.sleep(0.001)
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the reindex did not finish"
     assert result and result[0] is not None and result[0].status == "done"
     svc.searchable(force=True)
     expect(svc, made)
