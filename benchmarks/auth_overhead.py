@@ -213,18 +213,21 @@ class Auth:
         saved = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.idp = ECKey.import_key(saved["idp"]) if saved else _key()
         self.module = ECKey.import_key(saved["module"]) if saved else _key()
-        self.clients: dict[str, str] = saved.get("clients", {})
+        # registered clients per store (a store knows only the clients registered in it)
+        self.by_store: dict[str, dict[str, str]] = saved.get("by_store", {})
+        self.clients: dict[str, str] = {}
         self.jwks = work / "idp-jwks.json"
         self.jwks.write_text(json.dumps({"keys": [self.idp.as_dict(private=False)]}))
         self.work = work
 
     def save(self) -> None:
         self.path.write_text(json.dumps({"idp": self.idp.as_dict(private=True),
-                                         "module": self.module.as_dict(private=True), "clients": self.clients}))
+                                         "module": self.module.as_dict(private=True), "by_store": self.by_store}))
 
     def register(self, origin: str, store: Path) -> None:
         import httpx
 
+        self.clients = self.by_store.setdefault(str(store.resolve()), {})
         if self.clients:
             return
         admin = subprocess.run([SAMVERKA, "admin", "token", "--data-dir", str(store)], capture_output=True,
