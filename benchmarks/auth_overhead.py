@@ -592,6 +592,7 @@ def main() -> None:
                         "wrk": bool(shutil.which("wrk"))})
     store = ensure_store(a.work, a.patients)
     auth = Auth(a.work)
+    auth.clients = auth.by_store.setdefault(str(store.resolve()), {})  # registered below when the plan is made
     plan_file = a.work / f"plan-{a.patients}p.json"
     if not plan_file.exists():
         plan = plan_workload(store, a.users, a.values, a.read_patients)

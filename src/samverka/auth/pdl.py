@@ -40,7 +40,7 @@ from ..fhir.instant import now_us
 from ..interactions.context import RECORDED_AT_PROVIDER, RECORDED_AT_UNIT
 from ..search.engine import matching_ids
 from ..search.params import Registry
-from ..search.plan import build
+from ..search.plan import build, driven_by
 from ..search.query import parse
 from ..search.sql import exists_sql
 from ..store import Repository
@@ -267,10 +267,12 @@ class Policy:
         return f"(r.compartment IS NOT NULL AND {reach} AND ({blocked}))", (*ps, *bps)
 
     @_memoized
-    def _instance_sql(self) -> tuple[str, list[Any], bool]:
+    def _instance_sql(self) -> tuple[str, list[Any], bool, frozenset[str] | None]:
         """The instance check's query: the row's patient and whether it is reachable, another provider's
-        and (when a spärr concerns the user) blocked."""
-        reach, ps = self._reachable()
+        and (when a spärr concerns the user) blocked. A bound relationship set is tested in Python
+        instead (the returned set): binding thousands of ids to look at one row cost a millisecond."""
+        bound = self.reachable_ids | self.emergency if self.reachable_ids is not None else None
+        reach, ps = ("1 = 1", ()) if bound is not None else self._reachable()
         other, ops = self._other_provider()
         blocked, bps = self._blocked()
         cols = f"r.compartment, CASE WHEN {reach} THEN 1 ELSE 0 END, CASE WHEN {other} THEN 1 ELSE 0 END"
@@ -278,15 +280,17 @@ class Policy:
         if blocked:
             cols += f", CASE WHEN {blocked} THEN 1 ELSE 0 END"
             params += bps
-        return f"SELECT {cols} FROM resources r WHERE r.type = ? AND r.id = ?", params, bool(blocked)
+        return f"SELECT {cols} FROM resources r WHERE r.type = ? AND r.id = ?", params, bool(blocked), bound
 
     def check(self, repo: Repository, type_: str, id_: str, expression: str | None = None) -> None:
         """403 with the reason unless the user may see `type_/id_` (unknown resources pass: 404 later)."""
-        sql, params, blocked = self._instance_sql()
+        sql, params, blocked, bound = self._instance_sql()
         rows = repo.fetch(sql, [*params, type_, id_])
         if not rows or rows[0][0] is None:
             return
         patient, reachable, other_provider = rows[0][0], rows[0][1], rows[0][2]
+        if bound is not None:
+            reachable = patient in bound
         if not reachable:
             raise denied(f"PDL: Patient/{patient} has no care relationship with care unit {self.care_unit} "
                          "(no current encounter or episode of care there, and no care team of yours); "
@@ -324,7 +328,9 @@ def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], ac
     Each part is planned like a search (`search.plan.build`): it starts from its most selective index
     (recent dates, open statuses, the unit's or the user's references), probed with bounded counts."""
     cutoff = (datetime.fromtimestamp(now / 1_000_000, UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    queries: list[tuple[str, list[tuple[str, str]]]] = []
+    # (type, criteria, the criterion to start from or None for the search planner's choice): the open
+    # statuses and the last N days are small parts of a region's Encounters, the unit's share is not
+    queries: list[tuple[str, list[tuple[str, str]], int | None]] = []
     if unit_orgs:
         orgs = ",".join(f"Organization/{o}" for o in unit_orgs)
         places = [("service-provider", orgs)]
@@ -332,25 +338,29 @@ def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], ac
         if locations:
             places.append(("location", ",".join(f"Location/{i}" for i in locations)))
         for where in places:
-            queries.append(("Encounter", [where, ("status", OPEN_ENCOUNTER)]))
-            queries.append(("Encounter", [where, ("status", "finished"), ("date", f"ge{cutoff}")]))
-        queries.append(("EpisodeOfCare", [("organization", orgs), ("status", "active")]))
+            queries.append(("Encounter", [where, ("status", OPEN_ENCOUNTER)], 1))
+            queries.append(("Encounter", [where, ("status", "finished"), ("date", f"ge{cutoff}")], 2))
+        queries.append(("EpisodeOfCare", [("organization", orgs), ("status", "active")], None))
     members = [m for m in (access.fhir_user, access.practitioner_role) if m]
     if members:
-        queries.append(("CareTeam", [("participant", ",".join(members)), ("status", "active")]))
+        queries.append(("CareTeam", [("participant", ",".join(members)), ("status", "active")], None))
     parts, params = [], []
     recent: list[Filter] = []
     date = registry.get("Encounter", "date")
-    for type_, pairs in queries:
+    for type_, pairs, by in queries:
         query = parse(registry, type_, pairs)
         assert not query.unknown, query.unknown
-        p = build(repo, registry, query)  # the search planner picks the most selective index to start from
+        if by is None:  # the search planner picks the most selective index to start from
+            p = build(repo, registry, query)
+            source, where_sql, ps = p.source, p.where, p.params
+        else:  # read whole, so started from the index named even when its probe was over the page limit
+            source, where_sql, ps = driven_by(repo, registry, query, by)
         # its alias r shadows the outer query's r inside this subquery
-        parts.append(f"SELECT r.compartment FROM {p.source} WHERE {' AND '.join(p.where)}")
-        params += p.params
+        parts.append(f"SELECT r.compartment FROM {source} WHERE {' AND '.join(where_sql)}")
+        params += ps
         if ("status", "finished") in pairs and date is not None:
             recent.append((f"SELECT MIN(d.hi) FROM idx_date d WHERE d.param = ? AND d.res IN"
-                           f" (SELECT r.pk FROM {p.source} WHERE {' AND '.join(p.where)})", [date.id, *p.params]))
+                           f" (SELECT r.pk FROM {source} WHERE {' AND '.join(where_sql)})", [date.id, *ps]))
     if not parts:
         return ("SELECT NULL WHERE 1 = 0", []), recent
     return (" UNION ".join(parts), params), recent
