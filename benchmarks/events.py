@@ -462,7 +462,7 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=3000, help="commits in the throughput burst")
     ap.add_argument("--rate", type=float, default=100, help="commits/s offered in the latency run")
     ap.add_argument("--seconds", type=float, default=30, help="length of the latency run")
-    ap.add_argument("--patients", type=int, default=40, help="generated patients for the ingest (~100 resources each)")
+    ap.add_argument("--patients", type=int, default=300, help="generated patients for the ingest (~100 resources each)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=300, help="longest wait for deliveries to arrive")
     ap.add_argument("--ceiling-seconds", type=float, default=10)

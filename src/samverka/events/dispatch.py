@@ -109,7 +109,11 @@ def _match(repo: Repository, scratch: Scratch, rows: list[OutboxRow], subs: list
             continue
         current = _body(repo, row.type, row.id, row.version)
         previous = _body(repo, row.type, row.id, row.before_version)
-        hits = [(sid, f) for sid, topic, f, _s in candidates if triggered(topic, row, scratch, previous, current)]
+        fired: dict[int, bool] = {}  # per topic: several subscriptions often share one
+        for _sid, topic, _f, _s in candidates:
+            if id(topic) not in fired:
+                fired[id(topic)] = triggered(topic, row, scratch, previous, current)
+        hits = [(sid, f) for sid, topic, f, _s in candidates if fired[id(topic)]]
         if not hits:
             continue
         focus = current if current is not None else previous

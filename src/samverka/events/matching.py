@@ -109,6 +109,19 @@ class Quick:
     def __init__(self, registry: Callable[[], Registry]) -> None:
         self.registry = registry
         self._plans: dict[tuple[str, str, int], _Tokens | None] = {}
+        # the index rows of the last resource looked at: dispatch tests one version against every topic and
+        # filter in turn, and extraction is most of a test's cost (the object is held, so `is` is safe)
+        self._last: tuple[dict[str, Any], int, Any] | None = None
+
+    def index_rows(self, resource: dict[str, Any]) -> Any:
+        """`extract(resource)`, computed once for the same resource object and registry."""
+        registry = self.registry()
+        last = self._last
+        if last is not None and last[0] is resource and last[1] == id(registry):
+            return last[2]
+        rows = extract(resource, registry)
+        self._last = (resource, id(registry), rows)
+        return rows
 
     def matches(self, query: str, resource: dict[str, Any]) -> bool | None:
         """Does `resource` match the query; None when the query is not plain tokens (use `Scratch`)."""
@@ -125,7 +138,7 @@ class Quick:
         plan = self._plans[key]
         if plan is None:
             return None
-        rows = extract(resource, registry).tokens
+        rows = self.index_rows(resource).tokens
         for param, alternatives in plan:
             if not any(p == param and (code is None or c == code) and (system is None or s == system)
                        for p, s, c in rows for system, code in alternatives):
@@ -161,7 +174,7 @@ class Scratch:
         ts = now_us()
         try:
             with self.repo.transaction() as uow:
-                uow.write(Write(type_, id_, 1, "", ts, "PUT", data, extract(resource, registry),
+                uow.write(Write(type_, id_, 1, "", ts, "PUT", data, self.quick.index_rows(resource),
                                 patient_compartment(resource, registry)))
                 yield Loaded(uow, registry, type_, id_)
                 raise _Rollback
