@@ -254,11 +254,18 @@ def pin_code(mode: str, work: Path) -> str:
     return f"commit {head[:10]} (snapshot {snap})"
 
 
+MAX_COUNT: int | None = None  # --max-count: the subscriptions' backport-max-count (events per notification)
+
+
 def subscription(topic: str, endpoint: str) -> dict[str, Any]:
-    return {"resourceType": "Subscription", "meta": {"profile": [f"{EXT}backport-subscription"]},
-            "status": "requested", "reason": "benchmark", "criteria": TOPIC + topic,
-            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
-                        "_payload": {"extension": [{"url": f"{EXT}backport-payload-content", "valueCode": "id-only"}]}}}
+    sub: dict[str, Any] = {
+        "resourceType": "Subscription", "meta": {"profile": [f"{EXT}backport-subscription"]},
+        "status": "requested", "reason": "benchmark", "criteria": TOPIC + topic,
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+                    "_payload": {"extension": [{"url": f"{EXT}backport-payload-content", "valueCode": "id-only"}]}}}
+    if MAX_COUNT is not None:
+        sub["channel"]["extension"] = [{"url": f"{EXT}backport-max-count", "valuePositiveInt": MAX_COUNT}]
+    return sub
 
 
 def subscribe(base: str, rx: Receiver, topics: list[str]) -> None:
@@ -461,6 +468,8 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=10)
     ap.add_argument("--burst", type=int, default=3000, help="commits in the throughput burst")
     ap.add_argument("--rate", type=float, default=100, help="commits/s offered in the latency run")
+    ap.add_argument("--max-count", type=int, default=None,
+                    help="events per notification at most (1: one POST per event and subscriber)")
     ap.add_argument("--seconds", type=float, default=30, help="length of the latency run")
     ap.add_argument("--patients", type=int, default=300, help="generated patients for the ingest (~100 resources each)")
     ap.add_argument("--workers", type=int, default=2)
@@ -470,6 +479,8 @@ def main() -> None:
     ap.add_argument("--code", choices=["head", "worktree"], default="head")
     ap.add_argument("--work", type=Path, default=HERE / ".work" / "events")
     a = ap.parse_args()
+    global MAX_COUNT
+    MAX_COUNT = getattr(a, "max_count", None)
     if a.cmd == "receiver":
         return receiver_main(a)
     if a.cmd == "blast":
