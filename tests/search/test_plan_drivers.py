@@ -219,3 +219,27 @@ def test_an_open_range_is_the_last_resort_before_a_walk(clinic: Seeded, monkeypa
     ex = _explain(clinic, "Encounter", "service-provider=Organization/org-a&date=ge2015-10-01")
     assert ex["strategy"] == "driven by service-provider (11 candidate keys)", ex
     assert "date not probed (an open range scans its parameter from the start)" in ex["notes"], ex
+
+
+# -- a set read whole, started from a named criterion (PDL's care relationships) --------------------------
+
+
+@pytest.mark.parametrize("query", [
+    "service-provider=Organization/org-a&status=finished&date=ge2015-03-01",
+    "service-provider=Organization/org-b&status=finished,in-progress",
+    "date=ge2015-02-01&date=lt2015-04-01&service-provider=Organization/org-a",
+    "status=finished&date=ge2015-10-01",
+])
+def test_driven_by_any_criterion_finds_what_the_search_finds(clinic: Seeded, query: str) -> None:
+    """`plan.driven_by` starts from each criterion in turn (a date range too) and must find exactly the
+    search's matches: every criterion, the driving one included, is still checked per row."""
+    from samverka.search.plan import driven_by
+    from samverka.search.query import parse
+
+    expected = clinic.ids("Encounter", query)
+    assert expected, "the case must match something"
+    q = parse(clinic.svc.registry, "Encounter", parse_pairs(query))
+    for by in range(len(q.criteria)):
+        source, where, params = driven_by(clinic.svc.repo, clinic.svc.registry, q, by)
+        rows = clinic.svc.repo.fetch(f"SELECT r.id FROM {source} WHERE {' AND '.join(where)}", params)
+        assert sorted(str(r[0]) for r in rows) == sorted(expected), (query, by)
