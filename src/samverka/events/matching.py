@@ -111,16 +111,16 @@ class Quick:
         self._plans: dict[tuple[str, str, int], _Tokens | None] = {}
         # the index rows of the last resource looked at: dispatch tests one version against every topic and
         # filter in turn, and extraction is most of a test's cost (the object is held, so `is` is safe)
-        self._last: tuple[dict[str, Any], int, Any] | None = None
+        self._last: tuple[dict[str, Any], Registry, Any] | None = None
 
     def index_rows(self, resource: dict[str, Any]) -> Any:
         """`extract(resource)`, computed once for the same resource object and registry."""
         registry = self.registry()
         last = self._last
-        if last is not None and last[0] is resource and last[1] == id(registry):
+        if last is not None and last[0] is resource and last[1] is registry:
             return last[2]
         rows = extract(resource, registry)
-        self._last = (resource, id(registry), rows)
+        self._last = (resource, registry, rows)
         return rows
 
     def matches(self, query: str, resource: dict[str, Any]) -> bool | None:
