@@ -105,3 +105,22 @@ def test_key_rotation_keeps_old_tokens_valid(auth_server: AuthServer) -> None:
     assert tokens.jws.extract_compact(admin.encode()).protected["kid"] in new_kids
     r = httpx.get(f"{auth_server.origin}/auth/clients", headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 200
+
+
+def test_a_key_installed_by_another_process_verifies_at_once(tmp_path: object) -> None:
+    """Two workers' key rings on one store: a token signed with a key the other process installed a moment
+    ago (both workers' first mints each install one; a rotation) verifies at once, not a second later."""
+    from pathlib import Path
+
+    from samverka.auth import store as auth_store
+
+    repo = open_repository(Path(str(tmp_path)))
+    try:
+        here = tokens.KeyRing(repo)
+        here.verification_set(None)  # loaded just now: installs the first key
+        assert auth_store.install_key(repo, tokens.new_key(), None, 0)  # another process, a moment later
+        token, _ = tokens.mint(tokens.KeyRing(repo), {"iss": "i", "aud": "a", "client_id": "c"}, 300)
+        claims = tokens.Verifier(here).signed_claims(token)
+        assert claims["client_id"] == "c"
+    finally:
+        repo.close()

@@ -51,7 +51,7 @@ def rotate(repo: Repository) -> str:
 
 class KeyRing:
     """This process's view of the signing keys: re-read every `CACHE_SECONDS`, or when a token names
-    a kid not yet seen (at most once a second)."""
+    a kid not yet seen (at most once a second per kid)."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -59,6 +59,7 @@ class KeyRing:
         self._rows: list[store.KeyRow] = []
         self._set: KeySet | None = None
         self._loaded = 0.0
+        self._tried: dict[str, float] = {}  # unknown kids and when the keys were last re-read for them
 
     def _load(self) -> None:
         rows = store.published_keys(self.repo, store.now() - RETIRED_KEPT)
@@ -88,7 +89,16 @@ class KeyRing:
     def verification_set(self, kid: str | None) -> KeySet:
         self._fresh()
         if kid is not None and all(r.kid != kid for r in self._rows):
-            self._fresh(max_age=1.0)  # another process may have rotated
+            # another process may have installed it a moment ago (two workers' first mints each install a
+            # key; a rotation): read the keys again, once per unknown kid and second, so a token naming a
+            # new key verifies on every worker at once and made-up kids cost one indexed read each
+            with self._lock:
+                t = time.monotonic()
+                if t - self._tried.get(kid, -2.0) > 1.0:
+                    if len(self._tried) > 1024:
+                        self._tried.clear()
+                    self._tried[kid] = t
+                    self._load()
         assert self._set is not None
         return self._set
 
