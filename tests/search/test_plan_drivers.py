@@ -232,7 +232,7 @@ def test_an_open_range_is_the_last_resort_before_a_walk(clinic: Seeded, monkeypa
 ])
 def test_driven_by_any_criterion_finds_what_the_search_finds(clinic: Seeded, query: str) -> None:
     """`plan.driven_by` starts from each criterion in turn (a date range too) and must find exactly the
-    search's matches: every criterion, the driving one included, is still checked per row."""
+    search's matches: the driver's keys are exactly its criterion's matches, the others checked per row."""
     from samverka.search.plan import driven_by
     from samverka.search.query import parse
 

@@ -325,8 +325,9 @@ def _relationship(repo: Repository, registry: Registry, unit_orgs: list[str], ac
     """SQL selecting the patients with a care relationship to the user's unit (or to the user), and the
     queries giving the earliest end date of the finished Encounters that count (`_dropouts`).
 
-    Each part is planned like a search (`search.plan.build`): it starts from its most selective index
-    (recent dates, open statuses, the unit's or the user's references), probed with bounded counts."""
+    The Encounter parts are read whole from the open-status or recent-date index (`search.plan.driven_by`:
+    the paging planner walked every Encounter when the unit's share was over its probe limits); the others
+    are planned like a search (`search.plan.build`), from their most selective index."""
     cutoff = (datetime.fromtimestamp(now / 1_000_000, UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
     # (type, criteria, the criterion to start from or None for the search planner's choice): the open
     # statuses and the last N days are small parts of a region's Encounters, the unit's share is not

@@ -30,7 +30,7 @@ from ..search.extract import extract, patient_compartment
 from ..search.params import Registry
 from ..search.plan import build, page
 from ..search.query import Criterion, parse
-from ..store import UnitOfWork, Write
+from ..store import IndexRows, UnitOfWork, Write
 from ..store.hashing import h64
 from ..store.sqlite import SqliteRepository
 from .outbox import Owner
@@ -111,9 +111,9 @@ class Quick:
         self._plans: dict[tuple[str, str, int], _Tokens | None] = {}
         # the index rows of the last resource looked at: dispatch tests one version against every topic and
         # filter in turn, and extraction is most of a test's cost (the object is held, so `is` is safe)
-        self._last: tuple[dict[str, Any], Registry, Any] | None = None
+        self._last: tuple[dict[str, Any], Registry, IndexRows] | None = None
 
-    def index_rows(self, resource: dict[str, Any]) -> Any:
+    def index_rows(self, resource: dict[str, Any]) -> IndexRows:
         """`extract(resource)`, computed once for the same resource object and registry."""
         registry = self.registry()
         last = self._last

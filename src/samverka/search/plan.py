@@ -119,14 +119,15 @@ def build(db: Fetcher, registry: Registry, query: Query, filters: Sequence[tuple
 def driven_by(db: Fetcher, registry: Registry, query: Query, by: int) -> tuple[str, list[str], list[Any]]:
     """(source, where, params) selecting every match of `query` (alias `r`), started from criterion `by`'s
     index whatever its size: for sets read whole (PDL's care relationships), where walking the type in key
-    order -- the paging plan when no probe is small -- reads every row of the type. Every criterion,
-    `by`'s own included, is still checked per row. Falls back to `build` when `by` cannot drive."""
+    order -- the paging plan when no probe is small -- reads every row of the type. The driver's keys are
+    exactly `by`'s matches (as when `build` picks it); the other criteria are checked per row. Falls back
+    to `build` when `by` cannot drive."""
     found = drive.driver(query.criteria[by], db)
     if found is None:
         p = build(db, registry, query)
         return p.source, p.where, p.params
     name = getattr(query.criteria[by], "raw_name", "driver")
-    cand = drive.Candidate(None, name, found[0], list(found[1]), drive.EXACT, drive.PROBE_LIMIT, True)
+    cand = drive.Candidate(by, name, found[0], list(found[1]), drive.EXACT, drive.PROBE_LIMIT, True)
     source, extra, (sps, eps) = _assemble(db, query, cand)
     typed = ["r.type = ?"] if query.type else []
     return source, ["r.deleted = 0", *typed, *extra], [*sps, *([query.type] if query.type else []), *eps]
