@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
 from ..fhir.instant import now_us
 from ..interactions import writes
 from ..interactions.context import Services
 from . import dispatch, notify, retention
+from .hooks import HookClient, HookError
 from .matching import Scratch
 from .outbox import Outboxing, Owner, Wakeup
 from .subscriptions import WEBSOCKET
@@ -137,7 +137,7 @@ class Worker:
         self.next_prune = 0
         self.scratch: Scratch | None = None
         self.inflight: dict[str, asyncio.Task[None]] = {}
-        self.client: httpx.AsyncClient | None = None
+        self.client: HookClient | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -162,8 +162,7 @@ class Worker:
 
     async def run(self) -> None:
         woken = self.wakeup.bind() if self.wakeup is not None else asyncio.Event()
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per notification
-        self.client = httpx.AsyncClient()
+        self.client = HookClient()
         poll = float(self.settings.event_poll)
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
@@ -277,21 +276,33 @@ class Worker:
             self._mark(sub, None)
 
     async def _deliver(self, sub: Sub) -> None:
-        last = min(sub.events_since_start, sub.delivered + (sub.max_count or DEFAULT_MAX_COUNT))
-        events = events_of(self.raw, sub.id, sub.delivered + 1, last)
-        if not events:
-            return
+        """POST the subscription's undelivered events in order, a Bundle at a time, for as long as it has
+        some (the dispatcher numbers new ones meanwhile) and this process still holds the lease."""
         scratch = self.scratch
         assert scratch is not None
+        current: Sub | None = sub
+        while current is not None and current.delivered < current.events_since_start:
+            s = current
+            last = min(s.events_since_start, s.delivered + (s.max_count or DEFAULT_MAX_COUNT))
+            events = events_of(self.raw, s.id, s.delivered + 1, last)
+            if not events:
+                return
 
-        def body_of(e: notify.Event) -> bytes | None:
-            return focus_body(self.svc, scratch, sub.owner, e)
+            def body_of(e: notify.Event, owner: Owner | None = s.owner) -> bytes | None:
+                return focus_body(self.svc, scratch, owner, e)
 
-        # events-since-subscription-start counts up to this notification's last event, inclusive
-        status = notify.SubStatus(sub.id, sub.topic, "active", events[-1].number)
-        bundle = notify.notification(base_url(self.svc), status, "event-notification", events, sub.payload, body_of)
-        if await self._post(sub, bundle):
-            self._mark(sub, events[-1].number)
+            # events-since-subscription-start counts up to this notification's last event, inclusive
+            status = notify.SubStatus(s.id, s.topic, "active", events[-1].number)
+            bundle = notify.notification(base_url(self.svc), status, "event-notification", events, s.payload,
+                                         body_of)
+            if not await self._post(s, bundle):
+                return
+            current = self._mark(s, events[-1].number)
+            if current is None or current.status != "active" or self._stop.is_set() or not self._holding():
+                return
+
+    def _holding(self) -> bool:
+        return self.leader and now_us() < self.lease_until
 
     async def _post(self, sub: Sub, bundle: dict[str, Any]) -> bool:
         headers = {"Content-Type": "application/fhir+json"}
@@ -300,13 +311,13 @@ class Worker:
             headers[name.strip()] = value.strip()
         assert self.client is not None
         try:
-            response = await self.client.post(sub.endpoint, content=orjson.dumps(bundle), headers=headers,
-                                              timeout=float(sub.timeout or self.settings.event_timeout))
-            if 200 <= response.status_code < 300:
+            code = await self.client.post(sub.endpoint, orjson.dumps(bundle), headers,
+                                          float(sub.timeout or self.settings.event_timeout))
+            if 200 <= code < 300:
                 return True
-            error = f"HTTP {response.status_code} from {sub.endpoint}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__} posting to {sub.endpoint}: {exc}"
+            error = f"HTTP {code} from {sub.endpoint}"
+        except HookError as exc:
+            error = f"posting to {sub.endpoint}: {exc}"
         self._failed(sub, error)
         return False
 
@@ -321,15 +332,17 @@ class Worker:
                f" window_us = CASE WHEN {roll} THEN ? ELSE window_us END")
         return sql, (now, w, now, 2 * w) * 2 + (now, w) * 2 + (now, w, now)
 
-    def _mark(self, sub: Sub, delivered: int | None) -> None:
+    def _mark(self, sub: Sub, delivered: int | None) -> Sub | None:
+        """Record a 2xx (and the events it acknowledged); the subscription's state after it."""
         now = now_us()
         counted, counts = self._counted(now, False)
         moved = ", delivered = CASE WHEN delivered < ? THEN ? ELSE delivered END" if delivered is not None else ""
         params: tuple[Any, ...] = (delivered, delivered) if delivered is not None else ()
         with self.raw.transaction() as uow:
-            uow.execute("UPDATE event_subscription SET error_count = 0, failing_since = NULL, next_try = 0,"
-                        f" last_sent = ?, last_error = NULL{moved}{counted} WHERE id = ?",
-                        (now, *params, *counts, sub.id))
+            rows = uow.execute("UPDATE event_subscription SET error_count = 0, failing_since = NULL, next_try = 0,"
+                               f" last_sent = ?, last_error = NULL{moved}{counted} WHERE id = ?"
+                               f" RETURNING {_SUB_COLS}", (now, *params, *counts, sub.id))
+        return Sub.of(rows[0]) if rows else None
 
     def _failed(self, sub: Sub, error: str) -> None:
         now = now_us()
