@@ -602,6 +602,9 @@ def main() -> None:
             plan["encounters"] = care_relationships(origin, auth, plan)
         plan_file.write_text(json.dumps(plan))
     plan = json.loads(plan_file.read_text())
+    if not auth.clients:  # a store planned before auth.json knew it (or with another auth.json)
+        with serve(store, "on", auth, a.work / "logs", "setup") as srv:
+            auth.register(f"http://127.0.0.1:{srv.port}", store)
     import sqlite3
 
     with sqlite3.connect(f"file:{store / 'samverka.sqlite'}?mode=ro", uri=True) as db:

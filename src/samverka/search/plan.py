@@ -279,11 +279,16 @@ def page(db: Fetcher, plan: Plan, count: int, cursor: list[Any] | None, backward
         where.append(cond)
         params += ps
     order, order_params = _order_by(plan.sort, reverse=backwards)
-    keys = ", ".join(k.expr for k in plan.sort)
+    keys = ", ".join(f"{k.expr} AS k{i}" for i, k in enumerate(plan.sort))
     key_params = [p for k in plan.sort for p in k.params]
-    sql = (f"SELECT r.type, r.id, h.version, h.last_updated, h.method, h.data, r.compartment, {keys}"
-           f" FROM {plan.source}"
-           f" JOIN history h ON h.seq = r.seq WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?")
+    outer = ", ".join(f"k.k{i} {'DESC' if k.descending != backwards else 'ASC'}" for i, k in enumerate(plan.sort))
+    # the page's keys first, then its versions: joining history (and its JSON) inside the ORDER BY ... LIMIT
+    # read the body of every match before sorting (1,100 bodies for a 20-row page of a common code)
+    sql = (f"SELECT r.type, r.id, h.version, h.last_updated, h.method, h.data, r.compartment,"
+           f" {', '.join(f'k.k{i}' for i in range(len(plan.sort)))}"
+           f" FROM (SELECT r.pk AS pk, r.seq AS seq, {keys} FROM {plan.source} WHERE {' AND '.join(where)}"
+           f" ORDER BY {order} LIMIT ?) k JOIN resources r ON r.pk = k.pk JOIN history h ON h.seq = k.seq"
+           f" ORDER BY {outer}")
     rows = db.fetch(sql, [*key_params, *params, *order_params, count + 1])
     more = len(rows) > count
     rows = rows[:count]
