@@ -300,20 +300,26 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir = Path("samverka-data"), database: Database = None) -> None:
-    """Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered record."""
-    from .audit.chain import verify
+    """Check the audit log's hash chains; exit 1 at the first edited, deleted or reordered record."""
+    from .audit.logs import verify
     from .store import open_repository
 
     repo = open_repository(data_dir, database)
     try:
-        verdict = verify(repo)
+        verdicts = verify(repo)
     finally:
         repo.close()
-    if not verdict.ok:
-        console.print(f"[red]audit log broken at record {verdict.broken_at}: {verdict.reason} "
-                      f"({verdict.checked} records before it are intact)[/red]", highlight=False)
+    broken = False
+    for c, verdict in verdicts:
+        name = "" if c.name == "log" else f" ({c.name} chain)"
+        if not verdict.ok:
+            broken = True
+            console.print(f"[red]audit log{name} broken at record {verdict.broken_at}: {verdict.reason} "
+                          f"({verdict.checked} records before it are intact)[/red]", highlight=False)
+        else:
+            console.print(f"ok: {verdict.checked} audit records{name}, hash chain intact", highlight=False)
+    if broken:
         raise typer.Exit(1)
-    console.print(f"ok: {verdict.checked} audit records, hash chain intact", highlight=False)
 
 
 class ExportFormat(StrEnum):

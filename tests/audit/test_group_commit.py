@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from samverka.audit import chain, side
+from samverka.audit import chain, logs, side
 from samverka.audit.model import Entity, Who, event
 from samverka.audit.recorder import GroupCommit
 from samverka.store import Repository
@@ -36,9 +36,10 @@ def _group(repo: Repository) -> Iterator[GroupCommit]:
 
 @contextmanager
 def _other_connection(repo: Repository) -> Iterator[Repository]:
-    """A connection that sees only committed rows: a second SQLite connection, or another pooled one."""
+    """A connection to the read chain that sees only committed rows: a second SQLite connection to its file,
+    or another pooled one."""
     if repo.dialect == "sqlite":
-        other = SqliteRepository(repo.path)  # type: ignore[attr-defined]
+        other = SqliteRepository(logs.reads_repo(repo).path)  # type: ignore[attr-defined]
         try:
             yield other
         finally:
@@ -68,8 +69,9 @@ def test_each_write_returns_after_its_record_is_committed(repo: Repository) -> N
         asyncio.run(main(gc, other))
         assert seen_late == []
         assert gc.records == 200 and gc.commits < 200  # concurrent reads shared their commits
-    assert _positions(repo) == list(range(1, 201))
-    v = chain.verify(repo)
+    log = logs.reads_repo(repo)  # on SQLite a file of its own (audit.logs), on PostgreSQL the store
+    assert _positions(log) == list(range(1, 201))
+    v = chain.verify(log)
     assert v.ok and v.checked == 200, v
 
 
@@ -77,21 +79,24 @@ def test_the_cached_head_follows_appends_made_elsewhere(repo: Repository) -> Non
     async def batch(gc: GroupCommit, start: int, n: int) -> None:
         await asyncio.gather(*(gc.write([_event(i)]) for i in range(start, start + n)))
 
+    log = logs.reads_repo(repo)
     with _group(repo) as gc:
         asyncio.run(batch(gc, 0, 5))
-        chain.write(repo, [_event(i) for i in range(100, 103)])  # a write transaction of another process
+        chain.write(log, [_event(i) for i in range(100, 103)])  # read records of another process
         asyncio.run(batch(gc, 5, 4))
-        chain.write(repo, [_event(200)])
+        chain.write(log, [_event(200)])
         asyncio.run(batch(gc, 9, 3))
-    assert _positions(repo) == list(range(1, 5 + 3 + 4 + 1 + 3 + 1))
-    v = chain.verify(repo)
+    assert _positions(log) == list(range(1, 5 + 3 + 4 + 1 + 3 + 1))
+    v = chain.verify(log)
     assert v.ok and v.checked == 16, v
 
 
 def test_a_failed_commit_fails_every_read_of_its_batch(repo: Repository) -> None:
+    log = logs.reads_repo(repo)
+
     async def main(gc: GroupCommit) -> tuple[list[BaseException | None], list[dict[str, Any]]]:
         await gc.write([_event(0)])
-        stored_id = repo.fetch("SELECT id FROM audit_log WHERE pos = 1", ())[0][0]
+        stored_id = log.fetch("SELECT id FROM audit_log WHERE pos = 1", ())[0][0]
         clash = _event(1)
         clash["id"] = stored_id  # audit_log.id is unique: this batch cannot commit
         batch = [_event(2), clash, _event(3)]
@@ -103,9 +108,9 @@ def test_a_failed_commit_fails_every_read_of_its_batch(repo: Repository) -> None
         outcomes, batch = asyncio.run(main(gc))
     assert all(isinstance(o, Exception) for o in outcomes), outcomes
     for ev in batch:
-        assert len(repo.fetch("SELECT pos FROM audit_log WHERE id = ?", (ev["id"],))) == (1 if ev is batch[1] else 0)
-    assert _positions(repo) == [1, 2]
-    assert chain.verify(repo).ok
+        assert len(log.fetch("SELECT pos FROM audit_log WHERE id = ?", (ev["id"],))) == (1 if ev is batch[1] else 0)
+    assert _positions(log) == [1, 2]
+    assert chain.verify(log).ok
 
 
 @pytest.mark.parametrize("n", [1, 70, 300])
@@ -123,24 +128,31 @@ def test_multi_row_appends_keep_every_derived_row(repo: Repository, n: int) -> N
 
 
 def test_the_committing_thread_indexes_behind_the_chain(repo: Repository) -> None:
-    """Reads' records, and records appended elsewhere (a write transaction), get their patient and entity
-    rows from the committing thread without any query asking (audit.side), in chunks between batches."""
+    """Reads' records, and records appended elsewhere (a write transaction, in the store's own chain), get
+    their patient and entity rows from the committing thread without any query asking (audit.side), in
+    chunks between batches."""
+    log = logs.reads_repo(repo)
 
     async def main(gc: GroupCommit) -> None:
         gc.start()
         await asyncio.gather(*(gc.write([_event(i)]) for i in range(150)))
-        chain.write(repo, [_event(1000)])  # appended by another connection: found by the periodic tick
+        chain.write(repo, [_event(1000)])  # appended by a write transaction: found by the periodic tick
         for _ in range(100):
-            if side.backlog(repo) == 0:
+            if side.backlog(repo) == 0 and side.backlog(log) == 0:
                 break
             await asyncio.sleep(0.05)
 
     with _group(repo) as gc:
         asyncio.run(main(gc))
         assert gc.indexed == 151
-    assert side.backlog(repo) == 0 and side.watermark(repo) == 151
-    assert repo.fetch("SELECT count(*) FROM audit_entity", ())[0][0] == 2 * 151  # the Observation and the Patient
-    assert chain.verify(repo).ok
+    assert side.backlog(repo) == 0 and side.backlog(log) == 0
+    if log is repo:
+        assert side.watermark(repo) == 151
+    else:  # SQLite: two chains, each indexed up to its own head
+        assert side.watermark(log) == 150 and side.watermark(repo) == 1
+    entities = sum(r.fetch("SELECT count(*) FROM audit_entity", ())[0][0] for r in dict.fromkeys([repo, log]))
+    assert entities == 2 * 151  # the Observation and the Patient of each record
+    assert chain.verify(repo).ok and chain.verify(log).ok
 
 
 @pytest.mark.parametrize("flush", [False, True])

@@ -11,6 +11,7 @@ auditing:log).
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import random
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ import orjson
 from ..errors import Category, FhirError, invalid, not_found
 from ..fhir.instant import parse_instant
 from ..store import Repository
-from . import side
+from . import logs, side
 from .model import columns
 
 PROTECTED = "protected-information"
@@ -126,33 +127,46 @@ def search_filters(pairs: Sequence[tuple[str, str]], own_patient: str | None = N
 
 def search(repo: Repository, base: str, pairs: Sequence[tuple[str, str]], own_patient: str | None = None,
            default_count: int = 50, max_count: int = 1000) -> dict[str, Any]:
-    """A searchset Bundle of AuditEvents, newest first, with a keyset `next` link."""
+    """A searchset Bundle of AuditEvents, newest first, with a keyset `next` link.
+
+    With several chains (`logs.chains`) each is read newest first and the pages are merged by time; the
+    cursor keeps, per chain, the position of the last record shown from it (empty: none shown yet)."""
     f = search_filters(pairs, own_patient)
-    side.catch_up(repo)  # every committed record is findable by patient and entity
+    found = logs.chains(repo)
+    for c in found:
+        side.catch_up(c.repo)  # every committed record is findable by patient and entity
     last = dict(pairs)
     raw_count = last.get("_count", str(default_count))
     raw_cursor = last.get("_cursor", "")
-    if not raw_count.isdigit() or (raw_cursor and not raw_cursor.isdigit()):
-        raise invalid("_count and _cursor must be non-negative integers", "_count")
+    cursors = raw_cursor.split(".") if raw_cursor else [""] * len(found)
+    if not raw_count.isdigit() or len(cursors) != len(found) or not all(c.isdigit() or c == "" for c in cursors):
+        raise invalid("_count must be a non-negative integer, and _cursor one this server issued", "_count")
     count = min(int(raw_count), max_count)
-    page = Filters([*f.where], [*f.params])
-    if raw_cursor:
-        page.add("a.pos < ?", int(raw_cursor))
-    rows = repo.fetch(f"SELECT a.pos, a.id, a.data FROM audit_log a{page.sql()} ORDER BY a.pos DESC LIMIT ?",
-                      [*page.params, count + 1])
-    more = len(rows) > count
-    rows = rows[:count]
+    streams: list[list[tuple[int, int, int, str, Any]]] = []
+    for i, c in enumerate(found):
+        page = Filters([*f.where], [*f.params])
+        if cursors[i]:
+            page.add("a.pos < ?", int(cursors[i]))
+        rows = c.repo.fetch(f"SELECT a.recorded, a.pos, a.id, a.data FROM audit_log a{page.sql()}"
+                            " ORDER BY a.pos DESC LIMIT ?", [*page.params, count + 1])
+        streams.append([(int(rec), i, int(pos), id_, data) for rec, pos, id_, data in rows])
+    merged = list(heapq.merge(*streams, key=lambda r: r[0], reverse=True))
+    more = len(merged) > count
+    shown = merged[:count]
+    for _rec, i, pos, _id, _data in shown:
+        cursors[i] = str(pos)  # each stream is taken in its own order, so the last one shown is its smallest
     from urllib.parse import urlencode
 
     keep = [(k, v) for k, v in pairs if k != "_cursor"]
     links = [{"relation": "self", "url": f"{base}/AuditEvent?{urlencode(list(pairs))}".rstrip("?")}]
-    if more and rows:
-        links.append({"relation": "next", "url": f"{base}/AuditEvent?{urlencode([*keep, ('_cursor', rows[-1][0])])}"})
+    if more and shown:
+        after = urlencode([*keep, ("_cursor", ".".join(cursors))])
+        links.append({"relation": "next", "url": f"{base}/AuditEvent?{after}"})
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
     if not raw_cursor and not more:
-        bundle["total"] = len(rows)
+        bundle["total"] = len(shown)
     bundle["entry"] = [{"fullUrl": f"{base}/AuditEvent/{id_}", "resource": orjson.Fragment(_text(data)),
-                        "search": {"mode": "match"}} for _pos, id_, data in rows]
+                        "search": {"mode": "match"}} for _rec, _i, _pos, id_, data in shown]
     return bundle
 
 
@@ -162,15 +176,16 @@ def _text(data: Any) -> bytes:
 
 def read(repo: Repository, id_: str, own_patient: str | None = None) -> bytes:
     """One AuditEvent by id (a patient token: only records about that patient)."""
-    f = Filters([], [])
-    if own_patient is not None:
-        side.catch_up(repo)
-        f = search_filters([], own_patient)
-    f.add("a.id = ?", id_)
-    rows = repo.fetch(f"SELECT a.data FROM audit_log a{f.sql()}", f.params)
-    if not rows:
-        raise not_found(f"AuditEvent/{id_} is not known")
-    return _text(rows[0][0])
+    for c in logs.chains(repo):
+        f = Filters([], [])
+        if own_patient is not None:
+            side.catch_up(c.repo)
+            f = search_filters([], own_patient)
+        f.add("a.id = ?", id_)
+        rows = c.repo.fetch(f"SELECT a.data FROM audit_log a{f.sql()}", f.params)
+        if rows:
+            return _text(rows[0][0])
+    raise not_found(f"AuditEvent/{id_} is not known")
 
 
 def refuse_change(method: str) -> FhirError:
@@ -197,7 +212,6 @@ class Report:
 
 def report(repo: Repository, r: Report) -> list[dict[str, Any]]:
     """The AuditEvents a follow-up report selects, oldest first (a sample: reproducible with its seed)."""
-    side.catch_up(repo)
     f = Filters([], [])
     if r.patient:
         f.add("EXISTS (SELECT 1 FROM audit_patient p WHERE p.pos = a.pos AND p.patient = ?)", _ref(r.patient))
@@ -211,8 +225,13 @@ def report(repo: Repository, r: Report) -> list[dict[str, Any]]:
         f.add("a.recorded <= ?", _span(r.end)[1])
     if r.emergency:
         f.add("a.purpose = ?", "ETREAT")
-    rows = repo.fetch(f"SELECT a.pos, a.data FROM audit_log a{f.sql()} ORDER BY a.pos", f.params)
-    events = [orjson.loads(_text(data)) for _pos, data in rows]
+    rows: list[tuple[int, int, int, Any]] = []
+    for i, c in enumerate(logs.chains(repo)):
+        side.catch_up(c.repo)
+        rows += [(int(rec), i, int(pos), data) for rec, pos, data in
+                 c.repo.fetch(f"SELECT a.recorded, a.pos, a.data FROM audit_log a{f.sql()} ORDER BY a.pos", f.params)]
+    rows.sort(key=lambda r: r[:3])  # by time, the chains interleaved (a stable order for a seeded sample)
+    events = [orjson.loads(_text(data)) for _rec, _i, _pos, data in rows]
     if r.protected:
         protected = protected_patients(repo, {p for ev in events for p in columns(ev).patients})
         events = [ev for ev in events if protected & set(columns(ev).patients)]

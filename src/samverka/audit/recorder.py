@@ -30,7 +30,7 @@ from ..errors import Category, FhirError
 from ..store import Current, HistoryEntry, HistoryQuery, IndexRows, Repository, UnitOfWork, Version, Write
 from ..store.base import Head
 from ..store.hashing import h64
-from . import chain, side
+from . import chain, logs, side
 from .model import Entity, Who, event
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ class GroupCommit:
         self._scheduled = False
         self._busy = False
         self._writer: Repository | None = None
+        self._store: Repository | None = None  # SQLite: this thread's connection to the store's own file
         self._head: chain.Head | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-commit")
         self.commits = 0
@@ -292,15 +293,18 @@ class GroupCommit:
                 loop.call_soon_threadsafe(self._next, loop)
 
     def _index(self) -> int:
-        """In the committing thread: index the next chunk of records (ours and other processes')."""
-        repo = self._writer_repo()
-        if side.backlog(repo) <= 0:
-            return 0
-        with repo.transaction() as uow:
-            self._async_commit(repo, uow)  # derived rows: written again by the next chunk if ever lost
-            n = side.index_chunk(uow, repo.dialect, side.CHUNK)
-        self.indexed += n
-        return n
+        """In the committing thread: index the next chunk of records (ours and other processes'), of the
+        read chain and of the store's own (write records, appended by write transactions)."""
+        most = 0
+        for repo in dict.fromkeys([self._writer_repo(), self._store_writer()]):
+            if side.backlog(repo) <= 0:
+                continue
+            with repo.transaction() as uow:
+                self._async_commit(repo, uow)  # derived rows: written again by the next chunk if ever lost
+                n = side.index_chunk(uow, repo.dialect, side.CHUNK)
+            self.indexed += n
+            most = max(most, n)
+        return most
 
     def start(self) -> None:
         """Index at least every `side.TICK` seconds, also what other processes and write transactions
@@ -336,14 +340,28 @@ class GroupCommit:
         self.commits += 1
         self.records += len(events)
 
+    def _store_writer(self) -> Repository:
+        """A connection of this thread's own to the store's file (indexing the write records), or the store."""
+        reads = logs.reads_repo(self.repo)
+        if reads is self.repo:
+            return self._writer_repo()
+        if self._store is None:
+            from ..store.sqlite import SqliteRepository
+
+            self._store = SqliteRepository(getattr(self.repo, "path"))  # noqa: B009 (a SQLite store has one)
+            self._store.fetch("PRAGMA cache_size = -8192", ())
+        return self._store
+
     def _writer_repo(self) -> Repository:
         if self._writer is None:
-            path = getattr(self.repo, "path", None)
+            reads = logs.reads_repo(self.repo)
+            path = getattr(reads, "path", None)
             url = getattr(self.repo, "url", None)
             if self.repo.dialect == "sqlite" and path is not None:
                 from ..store.sqlite import SqliteRepository
 
-                self._writer = SqliteRepository(path)  # its own connection: the loop's stays free for reads
+                # the read chain's file (audit.logs), on a connection of its own: the loop's stays free for reads
+                self._writer = SqliteRepository(path)
                 # it only appends (a batch touches the right edges and a few index pages per record): 8 MiB, not 32
                 self._writer.fetch("PRAGMA cache_size = -8192", ())
             elif self.repo.dialect == "postgresql" and url:
@@ -372,9 +390,10 @@ class GroupCommit:
         self._closed = True
         self.stop()
         self._pool.shutdown(wait=True)
-        if self._writer is not None and self._writer is not self.repo:
-            self._writer.close()
-        self._writer = None
+        for repo in (self._writer, self._store):
+            if repo is not None and repo is not self.repo:  # connections of this thread's own
+                repo.close()
+        self._writer = self._store = None
 
 
 def dumps(events: Sequence[dict[str, Any]]) -> bytes:

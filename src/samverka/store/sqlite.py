@@ -223,6 +223,17 @@ class SqliteRepository:
         # The lock dies with its process, so a kill -9 can never leave it held.
         self._writer_fd = os.open(f"{self.path}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
         migrate(self._conn)
+        self._siblings: dict[str, SqliteRepository] = {}
+
+    def sibling(self, name: str) -> SqliteRepository:
+        """The repository of the database file `<name>.sqlite` beside this one (same schema), opened once
+        and closed with this one. A commit to one SQLite file makes every other connection to that file
+        drop its page cache; appends that need no atomicity with this file's writes go there instead."""
+        with self._lock:
+            repo = self._siblings.get(name)
+            if repo is None:
+                repo = self._siblings[name] = SqliteRepository(self.path.with_name(f"{name}.sqlite"))
+            return repo
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteUnitOfWork]:
@@ -295,5 +306,8 @@ class SqliteRepository:
 
     def close(self) -> None:
         with self._lock:
+            for repo in self._siblings.values():
+                repo.close()
+            self._siblings.clear()
             self._conn.close()
             os.close(self._writer_fd)
