@@ -4,6 +4,7 @@ chunked and close-delimited answers, errors, timeouts and TLS."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -99,8 +100,8 @@ def test_the_request_carries_target_host_headers_and_body() -> None:
 
 
 def test_a_connection_the_peer_closed_while_idle_is_replaced() -> None:
-    """The server answers each request and then closes without saying so: the next POST, sent on the kept
-    connection, fails and is resent on a new one."""
+    """The server answers each request and then closes without saying so: the next POST finds the kept
+    connection at its end and opens a new one."""
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
         if await _request(reader) is not None:
             stats["requests"] += 1
@@ -116,6 +117,86 @@ def test_a_connection_the_peer_closed_while_idle_is_replaced() -> None:
         await client.aclose()
         assert stats == {"connections": 3, "requests": 3}
     _serve(handler)(body)
+
+
+def test_a_kept_connection_dropped_mid_request_is_retried_on_a_new_one() -> None:
+    """The server answers the first request, reads the second on the same connection and drops it without
+    an answer (an idle timeout racing the request): the POST is sent again on a new connection."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
+        first = stats["connections"] == 1
+        while await _request(reader) is not None:
+            stats["requests"] += 1
+            if first and stats["requests"] == 2:
+                return  # read, never answered: the connection closes
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async def body(port: int, stats: dict[str, int]) -> None:
+        client = HookClient()
+        url = f"http://127.0.0.1:{port}/"
+        assert await client.post(url, b"{}", {}, 5) == 200
+        assert await client.post(url, b"{}", {}, 5) == 200
+        await client.aclose()
+        assert stats == {"connections": 2, "requests": 3}
+    _serve(handler)(body)
+
+
+def test_a_protocol_switch_or_reserved_headers_never_hang_the_client() -> None:
+    """A subscription's headers cannot steer the connection (Upgrade, Connection, Host, framing), and an
+    endpoint answering 101 Switching Protocols is an error, not an endless wait."""
+    seen: list[bytes] = []
+
+    async def switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
+        req = await _request(reader)
+        assert req is not None
+        seen.append(req[0])
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def body(port: int, stats: dict[str, int]) -> None:
+        client = HookClient()
+        headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Host": "evil.example", "Content-Length": "1",
+                   "X-Module-Key": "k"}
+        with pytest.raises(HookError):
+            await asyncio.wait_for(client.post(f"http://127.0.0.1:{port}/", b"{}", headers, 2), 4)
+        await client.aclose()
+    _serve(switch)(body)
+    head = seen[0].decode().lower()
+    assert "upgrade" not in head and "evil.example" not in head and "x-module-key: k" in head
+    assert "content-length: 2" in head
+
+
+def test_credentials_in_the_url_become_basic_auth_and_paths_are_encoded() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
+        req = await _request(reader)
+        assert req is not None
+        seen.append(req[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def body(port: int, stats: dict[str, int]) -> None:
+        client = HookClient()
+        assert await client.post(f"http://mod%40a:s3cr%C3%A9t@127.0.0.1:{port}/hook/å b?x=ä", b"{}", {}, 5) == 200
+        await client.aclose()
+    _serve(handler)(body)
+    lines = seen[0].decode().split("\r\n")
+    assert lines[0] == "POST /hook/%C3%A5%20b?x=%C3%A4 HTTP/1.1"
+    expected = "Basic " + base64.b64encode("mod@a:s3crét".encode()).decode()
+    assert f"Authorization: {expected}" in lines
+    host = next(line for line in lines if line.startswith("Host:"))
+    assert host.startswith("Host: 127.0.0.1:") and "@" not in host  # no credentials in Host
+
+
+def test_unusable_urls_are_hook_errors() -> None:
+    async def body() -> None:
+        client = HookClient()
+        for url in ("http://[::1/", "http://a..b/", "http://127.0.0.1:99999/"):
+            with pytest.raises(HookError):
+                await client.post(url, b"{}", {}, 2)
+    asyncio.run(body())
 
 
 def test_chunked_and_close_delimited_answers() -> None:

@@ -199,6 +199,7 @@ class GroupCommit:
         self._busy = False
         self._writer: Repository | None = None
         self._store: Repository | None = None  # SQLite: this thread's connection to the store's own file
+        self._anchored = 0  # the read chain's position last anchored in the store (audit.logs.anchor)
         self._head: chain.Head | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-commit")
         self.commits = 0
@@ -304,6 +305,8 @@ class GroupCommit:
                 n = side.index_chunk(uow, repo.dialect, side.CHUNK)
             self.indexed += n
             most = max(most, n)
+        if self._store_writer() is not self._writer_repo():  # SQLite: keep the store's anchor of the read chain
+            self._anchored = max(self._anchored, logs.anchor(self._store_writer(), self._writer_repo(), self._anchored))
         return most
 
     def start(self) -> None:

@@ -298,11 +298,15 @@ class Worker:
             if not await self._post(s, bundle):
                 return
             current = self._mark(s, events[-1].number)
-            if current is None or current.status != "active" or self._stop.is_set() or not self._holding():
-                return
+            if (current is None or current.status != "active" or self._stop.is_set() or not self._holding(current)
+                    or (current.end_us is not None and now_us() >= current.end_us)):
+                return  # the next round decides (an ended subscription is turned off there)
 
-    def _holding(self) -> bool:
-        return self.leader and now_us() < self.lease_until
+    def _holding(self, sub: Sub) -> bool:
+        """This process still holds the lease with a margin for one more POST (at most a third of a lease:
+        the lease is renewed once two thirds of it are left)."""
+        margin = int(min(float(sub.timeout or self.settings.event_timeout), self.settings.event_lease / 3) * 1e6)
+        return self.leader and now_us() + margin < self.lease_until
 
     async def _post(self, sub: Sub, bundle: dict[str, Any]) -> bool:
         headers = {"Content-Type": "application/fhir+json"}

@@ -6,24 +6,31 @@ Bundle to the subscription's endpoint with its configured headers, and a 2xx ans
 The delivery worker sends every notification through here, so this client does only what that needs. It
 runs HTTP/1.1 with h11 (the protocol state machine under httpx) over asyncio streams, keeps idle
 connections per origin, and verifies TLS with the system's trust store (`SSL_CERT_FILE` and
-`SSL_CERT_DIR` are honoured). A general client such as httpx spends about a millisecond of CPU per POST
-on redirects, auth hooks, cookies and pool bookkeeping, which limited one delivery worker to about 450
-POSTs per second. Proxy variables are not read: rest-hook endpoints are reached directly.
+`SSL_CERT_DIR` are honoured; httpx used certifi's bundle). A general client such as httpx spends about
+a millisecond of CPU per POST on redirects, auth hooks, cookies and pool bookkeeping, which limited one
+delivery worker to about 450 POSTs per second. Credentials in the endpoint URL become Basic auth.
+Proxy variables are not read: rest-hook endpoints are reached directly. Headers that steer the
+connection (`RESERVED`) are set here and never taken from a subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import h11
 
 # idle connections kept per origin: one per subscription in flight is enough, a few more absorb bursts
 IDLE_PER_ORIGIN = 16
 USER_AGENT = b"samverka-rest-hook"
+# headers that steer the connection or the message framing: this client sets them, a subscription may not
+# (an `Upgrade` answered by 101 would switch the connection away from HTTP)
+RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "keep-alive",
+                      "proxy-connection", "trailer"})
 
 
 class HookError(Exception):
@@ -37,6 +44,7 @@ class Target:
     port: int
     path: bytes
     authority: bytes
+    authorization: bytes | None = None  # Basic, from credentials in the URL
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -45,15 +53,25 @@ class Target:
 
 def target(url: str) -> Target:
     """An endpoint URL split for the request line and the connection (http and https only)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HookError(f"not an http(s) URL: {url}")
     try:
+        parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise HookError(f"bad port in {url}") from exc
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(parts.scheme, parts.hostname, port, path.encode(), parts.netloc.rpartition("@")[2].encode())
+        raise HookError(f"not a usable URL: {url} ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HookError(f"not an http(s) URL: {url}")
+    # characters a request line may not carry are percent-encoded; escapes already there are kept
+    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=~-._") + (
+        f"?{quote(parts.query, safe='/%:@!$&()*+,;=?~-._')}" if parts.query else "")
+    auth = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = b"Basic " + base64.b64encode(pair)
+    try:
+        authority = parts.netloc.rpartition("@")[2].encode("idna" if not parts.netloc.isascii() else "ascii")
+    except UnicodeError as exc:
+        raise HookError(f"not a usable host name: {url}") from exc
+    return Target(parts.scheme, parts.hostname, port, path.encode(), authority, auth)
 
 
 class _Connection:
@@ -82,10 +100,14 @@ class _Connection:
                 conn.receive_data(await self.reader.read(65536))
             elif isinstance(event, h11.Response):
                 status = event.status_code
+            elif isinstance(event, h11.Data | h11.InformationalResponse) and getattr(event, "status_code", 0) != 101:
+                continue  # the body (read to the end: the connection is reused), or a 1xx before the answer
             elif isinstance(event, h11.EndOfMessage):
                 return status
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("the endpoint closed the connection before answering")
+            else:  # PAUSED after a protocol switch (101), or anything else an HTTP answer cannot be
+                raise h11.RemoteProtocolError(f"not an HTTP answer to a POST: {event!r}")
 
     def reusable(self) -> bool:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
@@ -108,7 +130,9 @@ class HookClient:
         t = self._targets.get(url)
         if t is None:
             t = self._targets[url] = target(url)
-        raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+        raw = [(k.encode(), v.encode()) for k, v in headers.items() if k.strip().lower() not in RESERVED]
+        if t.authorization is not None and not any(k.lower() == "authorization" for k in headers):
+            raw.append((b"Authorization", t.authorization))
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -134,7 +158,7 @@ class HookClient:
                     return status
         except TimeoutError:
             raise HookError(f"no answer within {timeout:g} s") from None
-        except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
+        except (OSError, ssl.SSLError, h11.ProtocolError, ValueError) as exc:  # ValueError: a host getaddrinfo refuses
             raise HookError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _connection(self, t: Target) -> _Connection:

@@ -226,14 +226,19 @@ class SqliteRepository:
         self._siblings: dict[str, SqliteRepository] = {}
 
     def sibling(self, name: str) -> SqliteRepository:
-        """The repository of the database file `<name>.sqlite` beside this one (same schema), opened once
-        and closed with this one. A commit to one SQLite file makes every other connection to that file
-        drop its page cache; appends that need no atomicity with this file's writes go there instead."""
-        with self._lock:
-            repo = self._siblings.get(name)
-            if repo is None:
-                repo = self._siblings[name] = SqliteRepository(self.path.with_name(f"{name}.sqlite"))
+        """The repository of the database file `<stem>-<name>.sqlite` beside this one (same schema), opened
+        once and closed with this one. A commit to one SQLite file makes every other connection to that
+        file drop its page cache; appends that need no atomicity with this file's writes go there instead."""
+        repo = self._siblings.get(name)
+        if repo is not None:
             return repo
+        # opened (and migrated, which may wait for another process) outside this store's lock
+        opened = SqliteRepository(self.path.with_name(f"{self.path.stem}-{name}.sqlite"))
+        with self._lock:
+            repo = self._siblings.setdefault(name, opened)
+        if repo is not opened:
+            opened.close()
+        return repo
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteUnitOfWork]:
