@@ -65,6 +65,7 @@ class Receiver:
         self.port = free_port()
         self.received: list[Received] = []
         self.answer = 200
+        self.on_post: Callable[[dict[str, Any]], None] | None = None  # runs before the answer is sent
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
 
@@ -78,6 +79,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if outer.on_post is not None:
+                    outer.on_post(json.loads(raw))
                 status = outer.answer
                 if status < 300:
                     with outer._cond:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from eventkit import Receiver, create, encounter, lab_result, subscribe, subscription
 
@@ -115,3 +116,29 @@ def test_subscription_past_its_end_is_switched_off(server: RunningServer, receiv
     create(server, lab_result("p-end"))
     time.sleep(1.0)
     assert receiver.of(sub_id, "event-notification") == []
+
+
+def test_a_subscription_switched_off_while_behind_gets_nothing_more(server: RunningServer, receiver: Receiver) -> None:
+    """Five events numbered at once, one per POST: the client switches the subscription off while the first
+    POST is in flight, and the task delivering the backlog stops there instead of sending the other four."""
+    sub_id = subscribe(server, receiver, "lab-result", max_count=1, filter_="Observation?patient=Patient/p-behind")
+    receiver.wait(lambda: server.client.get(f"/Subscription/{sub_id}").json()["status"] == "active",
+                  what="status active")
+    switched: list[int] = []
+
+    def switch_off(bundle: dict[str, Any]) -> None:
+        status = {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
+        if status["type"]["valueCode"] == "event-notification" and not switched:
+            body = server.client.get(f"/Subscription/{sub_id}").json()
+            assert server.client.put(f"/Subscription/{sub_id}", json={**body, "status": "off"}).status_code == 200
+            switched.append(1)
+
+    receiver.on_post = switch_off
+    entries = [{"resource": lab_result("p-behind"), "request": {"method": "POST", "url": "Observation"}}
+               for _ in range(5)]  # one transaction: all five are numbered before the first POST
+    r = server.client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert r.status_code == 200, r.text
+    receiver.wait(lambda: bool(receiver.of(sub_id, "event-notification")), what="the first notification")
+    time.sleep(1.5)  # several delivery rounds: a task that went on would have sent more by now
+    assert [n for got in receiver.of(sub_id, "event-notification") for n in got.numbers] == [1]
+    assert server.client.get(f"/Subscription/{sub_id}").json()["status"] == "off"
