@@ -173,9 +173,13 @@ class LiveParams:
             self._checked = now
             gen = int(self.repo.fetch("SELECT generation FROM search_state", ())[0][0])
             if gen != self._current.generation:
+                # read without holding this lock: a writer holds the repository's lock while it waits for
+                # this one (`for_write`), and reading here needs the repository's lock (a deadlock, seen as a
+                # reindex test hanging under concurrent writes); the newer generation wins either way
+                loaded = self._load(self.repo.fetch(_LOAD, ()))
                 with self._lock:
-                    if gen != self._current.generation:
-                        self._current = self._load(self.repo.fetch(_LOAD, ()))
+                    if loaded.generation > self._current.generation:
+                        self._current = loaded
         return self._current
 
     def for_write(self, uow: UnitOfWork) -> LiveRegistry:
