@@ -60,6 +60,19 @@ async def _keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         await writer.drain()
 
 
+def _answer_once(seen: list[tuple[bytes, bytes]], answer: bytes, linger: float = 0) -> Handler:
+    """A handler that keeps one request (head, body) in `seen`, sends `answer` and holds the connection
+    open for `linger` seconds."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
+        req = await _request(reader)
+        assert req is not None
+        seen.append(req)
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(linger)
+    return handler
+
+
 def test_posts_reuse_one_connection_and_report_the_status() -> None:
     async def body(port: int, stats: dict[str, int]) -> None:
         client = HookClient()
@@ -75,20 +88,13 @@ def test_posts_reuse_one_connection_and_report_the_status() -> None:
 def test_the_request_carries_target_host_headers_and_body() -> None:
     seen: list[tuple[bytes, bytes]] = []
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
-        req = await _request(reader)
-        assert req is not None
-        seen.append(req)
-        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-        await writer.drain()
-
     async def body(port: int, stats: dict[str, int]) -> None:
         client = HookClient()
         code = await client.post(f"http://127.0.0.1:{port}/a/b?c=d", b'{"resourceType":"Bundle"}',
                                  {"Content-Type": "application/fhir+json", "X-Module-Key": "k1"}, 5)
         await client.aclose()
         assert code == 204
-    _serve(handler)(body)
+    _serve(_answer_once(seen, b"HTTP/1.1 204 No Content\r\n\r\n"))(body)
     head, sent = seen[0]
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /a/b?c=d HTTP/1.1"
@@ -144,15 +150,9 @@ def test_a_kept_connection_dropped_mid_request_is_retried_on_a_new_one() -> None
 def test_a_protocol_switch_or_reserved_headers_never_hang_the_client() -> None:
     """A subscription's headers cannot steer the connection (Upgrade, Connection, Host, framing), and an
     endpoint answering 101 Switching Protocols is an error, not an endless wait."""
-    seen: list[bytes] = []
-
-    async def switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
-        req = await _request(reader)
-        assert req is not None
-        seen.append(req[0])
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(5)
+    seen: list[tuple[bytes, bytes]] = []
+    switch = _answer_once(seen, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                                b"\r\n\r\n", linger=5)
 
     async def body(port: int, stats: dict[str, int]) -> None:
         client = HookClient()
@@ -162,27 +162,20 @@ def test_a_protocol_switch_or_reserved_headers_never_hang_the_client() -> None:
             await asyncio.wait_for(client.post(f"http://127.0.0.1:{port}/", b"{}", headers, 2), 4)
         await client.aclose()
     _serve(switch)(body)
-    head = seen[0].decode().lower()
+    head = seen[0][0].decode().lower()
     assert "upgrade" not in head and "evil.example" not in head and "x-module-key: k" in head
     assert "content-length: 2" in head
 
 
 def test_credentials_in_the_url_become_basic_auth_and_paths_are_encoded() -> None:
-    seen: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats: dict[str, int]) -> None:
-        req = await _request(reader)
-        assert req is not None
-        seen.append(req[0])
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
+    seen: list[tuple[bytes, bytes]] = []
 
     async def body(port: int, stats: dict[str, int]) -> None:
         client = HookClient()
         assert await client.post(f"http://mod%40a:s3cr%C3%A9t@127.0.0.1:{port}/hook/å b?x=ä", b"{}", {}, 5) == 200
         await client.aclose()
-    _serve(handler)(body)
-    lines = seen[0].decode().split("\r\n")
+    _serve(_answer_once(seen, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))(body)
+    lines = seen[0][0].decode().split("\r\n")
     assert lines[0] == "POST /hook/%C3%A5%20b?x=%C3%A4 HTTP/1.1"
     expected = "Basic " + base64.b64encode("mod@a:s3crét".encode()).decode()
     assert f"Authorization: {expected}" in lines

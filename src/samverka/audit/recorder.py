@@ -296,8 +296,9 @@ class GroupCommit:
     def _index(self) -> int:
         """In the committing thread: index the next chunk of records (ours and other processes'), of the
         read chain and of the store's own (write records, appended by write transactions)."""
+        reads, store = self._writer_repo(), self._store_writer()
         most = 0
-        for repo in dict.fromkeys([self._writer_repo(), self._store_writer()]):
+        for repo in dict.fromkeys([reads, store]):
             if side.backlog(repo) <= 0:
                 continue
             with repo.transaction() as uow:
@@ -305,8 +306,8 @@ class GroupCommit:
                 n = side.index_chunk(uow, repo.dialect, side.CHUNK)
             self.indexed += n
             most = max(most, n)
-        if self._store_writer() is not self._writer_repo():  # SQLite: keep the store's anchor of the read chain
-            self._anchored = max(self._anchored, logs.anchor(self._store_writer(), self._writer_repo(), self._anchored))
+        if store is not reads:  # SQLite: keep the store's anchor of the read chain
+            self._anchored = max(self._anchored, logs.anchor(store, reads, self._anchored))
         return most
 
     def start(self) -> None:
