@@ -73,6 +73,9 @@ def serve(
                        "(subjects samverka.events.<topic>; needs `pip install samverka[nats]`)")] = None,
     nats_stream: Annotated[str, typer.Option(
         "--nats-stream", help="the JetStream stream (created if missing, subjects samverka.events.>)")] = "SAMVERKA",
+    export_dir: Annotated[Path | None, typer.Option(
+        "--export-dir", help="where Bulk Data export files go (default: DATA_DIR/exports; with several hosts, "
+                             "a folder they all see)")] = None,
     audit_read_flush: Annotated[bool, typer.Option(
         "--audit-read-flush", help="PostgreSQL: wait for the WAL flush of every read's audit record before "
                                    "answering (default: asynchronous commit, as SQLite's synchronous=NORMAL)")] = False,
@@ -94,7 +97,7 @@ def serve(
                         auth=auth is AuthMode.on, public_url=public_url, trusted_issuers=trusted,
                         event_retry_period=event_retry_period, event_backoff=event_backoff,
                         event_backoff_max=event_backoff_max, event_lease=event_lease, nats=nats,
-                        nats_stream=nats_stream, audit_read_flush=audit_read_flush)
+                        nats_stream=nats_stream, audit_read_flush=audit_read_flush, export_dir=export_dir)
     if demo:
         _load_demo(settings, demo_patients)
         if settings.auth:

@@ -47,6 +47,10 @@ class Settings:
     # Patientdatalagen (auth.pdl): how long a finished encounter keeps a care relationship, and how long
     # an emergency access (nödåtkomst) lasts by default and at most
     care_relationship_days: int = 30
+    # Bulk Data export (interactions.export): where the NDJSON files go (None: <data_dir>/exports; with several
+    # hosts, a folder they share) and how long a finished job's files are kept (seconds)
+    export_dir: Path | None = None
+    export_retention: float = 24 * 3600.0
     emergency_access_hours: int = 4
     emergency_access_max_hours: int = 24
 

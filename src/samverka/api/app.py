@@ -21,7 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from .. import audit, events
 from ..audit import query as audit_query
 from ..auth import emergency_access, lift_block, pdl_identity
-from ..auth.access import PUBLIC, Access, required
+from ..auth.access import PUBLIC, Access, Need, required
 from ..auth.endpoints import AuthServer
 from ..errors import Category, FhirError, invalid
 from ..events import websocket as ws_channel
@@ -30,6 +30,7 @@ from ..interactions import (
     capabilities,
     create,
     delete,
+    export,
     history,
     patch,
     read,
@@ -198,6 +199,8 @@ class FhirApi:
         strict = prefer.get("handling") == "strict"
         h = request.headers
         n = len(parts)
+        if n and (parts[-1] == "$export" or parts[0] in (export.STATUS, export.FILE)):
+            return await self._export(request, prefer, svc, access, parts, pairs)
         if n == 0:
             if method == "POST":
                 body = await self._body(request)
@@ -290,6 +293,40 @@ class FhirApi:
             raise FhirError.of(Category.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
         raise invalid(f"{method} /fhir/{'/'.join(parts)} is not a FHIR interaction this server knows", None,
                       "not-supported")
+
+
+    async def _export(self, request: Request, prefer: dict[str, str], svc: Services, access: Access | None,
+                      parts: list[str], pairs: list[tuple[str, str]]) -> Result:
+        """Bulk Data export (interactions.export): kick-off, status, cancel and file download."""
+        method, n, base = request.method, len(parts), self.base(request)
+        owner = (access.client_id, access.user_hsa_id) if access is not None else (None, None)
+        if parts[-1] == "$export" and method in ("GET", "POST") and (
+                n == 1 or (n == 2 and parts[0] == "Patient") or (n == 3 and parts[0] == "Group")):
+
+            def allowed(type_: str, named: bool) -> bool:
+                if access is None:
+                    return True
+                try:
+                    access.require(Need("s", type_), expression="_type")
+                except FhirError:
+                    if named:
+                        raise
+                    return False
+                return True
+
+            body = await self._body(request) if method == "POST" and await request.body() else None
+            return export.kick_off(svc, base, str(request.url), parts[1] if n == 3 else None, n == 2, pairs, body,
+                                   prefer, owner, allowed)
+        if parts[0] == export.STATUS and n == 2 and method in ("GET", "HEAD"):
+            return export.status(svc, base, parts[1], owner)
+        if parts[0] == export.STATUS and n == 2 and method == "DELETE":
+            return export.cancel(svc, parts[1], owner)
+        if parts[0] == export.FILE and n == 3 and method in ("GET", "HEAD"):
+            return export.file(svc, parts[1], parts[2], owner)
+        if parts[-1] == "$export":
+            raise invalid(f"$export is not defined on {'/'.join(parts[:-1])}; use [base]/$export, "
+                          "Patient/$export or Group/[id]/$export", None, "not-supported")
+        raise FhirError.of(Category.METHOD_NOT_ALLOWED, f"{method} is not allowed on /fhir/{'/'.join(parts)}")
 
 
 def _urls(pairs: list[tuple[str, str]], body: Any) -> list[str]:

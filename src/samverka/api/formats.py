@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 from ..errors import Category, FhirError, invalid
 from ..fhir.summary import elements, summarize
@@ -90,6 +90,8 @@ def parse_body(raw: bytes, content_type: str, patch: bool = False) -> Any:
 def render(request: Request, result: Result, fmt: str, prefer_return: str | None = None) -> Response:
     """Serialise a Result, applying Prefer: return, `_summary`, `_elements` and `_pretty`."""
     headers = dict(result.headers)
+    if result.file is not None:
+        return FileResponse(result.file, result.status, headers=headers, media_type=result.media_type)
     if result.status == 304 or (result.version is None and result.resource is None):
         return Response(None, result.status, headers=headers)
     if prefer_return == "minimal" and result.status in (200, 201) and result.version is not None:

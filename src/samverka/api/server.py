@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from .. import events
 from ..config import Settings
-from ..interactions import reindex
+from ..interactions import export_run, reindex
 from ..interactions.context import Services
 from ..search.custom import LiveParams
 from ..store import open_repository
@@ -40,6 +40,8 @@ def settings_to_env(settings: Settings) -> str:
 def settings_from_env() -> Settings:
     raw = json.loads(os.environ[SETTINGS_ENV])
     raw["data_dir"] = Path(raw["data_dir"])
+    if raw.get("export_dir"):
+        raw["export_dir"] = Path(raw["export_dir"])
     return Settings(**raw)
 
 
@@ -48,6 +50,7 @@ def app_from_env() -> Starlette:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     svc = build_services(settings_from_env())
     reindex.resume_in_background(svc)  # a reindex whose runner died continues here
+    export_run.resume_in_background(svc)  # so does a Bulk Data export
     app = create_app(svc, deliver=True)  # one worker per process; a database lease picks who delivers
     release_startup_memory()
     return app

@@ -39,6 +39,8 @@ def classify(method: str, parts: Sequence[str]) -> str | None:
     if n == 0:
         return {"POST": "transaction"}.get(method, "search-system" if read_like else None)
     head, last = parts[0], parts[-1]
+    if last == "$export" or head == "$export-file":  # a Bulk Data kick-off, or a download of its data
+        return "export"
     if head == "metadata" or last == "$validate" or head.startswith("$") or last == "$reindex":
         return None
     writes = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -110,11 +112,12 @@ class Auditor:
             if e.type == "Patient" and e.id not in patients and subtype == "search-type":
                 patients.append(e.id)  # the compartment asked about, even when nothing matched
         rtype = parts[0] if parts else None
-        if not patients and rtype is not None and rtype not in patient_types() and subtype != "transaction":
+        if (not patients and rtype is not None and rtype not in patient_types()
+                and subtype not in ("transaction", "export")):
             return  # no patient data involved
         if subtype == "transaction" and not entities:
             return  # its writes recorded themselves; no reads inside
-        is_query = subtype.startswith(("search", "history"))
+        is_query = subtype.startswith(("search", "history")) or subtype == "export"
         ev = event(who, subtype, "0", patients, entities if not is_query else entities[:1000],
                    self.system_hsa_id, query=query if is_query else None)
         if subtype == "transaction":

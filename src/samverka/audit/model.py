@@ -36,7 +36,9 @@ SYSTEM_HSA_ID = "SE0000000000-samverka"  # default; `Settings.system_hsa_id` ove
 ACTIONS = {"read": "R", "vread": "R", "search-type": "R", "search-system": "R", "search": "R",
            "history-instance": "R", "history-type": "R", "history-system": "R", "history": "R",
            "create": "C", "update": "U", "patch": "U", "delete": "D", "operation": "E",
-           "transaction": "E", "batch": "E"}
+           "transaction": "E", "batch": "E", "export": "R"}
+# subtypes that are not restful-interaction codes: a Bulk Data export (kick-off or download)
+LOCAL_SUBTYPES = "https://samverka.se/fhir/CodeSystem/audit-subtype"
 # action -> the BALP profile name (Patient... when patients are concerned)
 PROFILES = {"R": "Read", "C": "Create", "U": "Update", "D": "Delete", "E": "Read"}
 
@@ -146,14 +148,15 @@ def event(who: Who, subtype: str, outcome: str, patients: Sequence[str], entitie
     """One AuditEvent (BALP PatientRead, PatientQuery, PatientCreate, ... or their non-patient forms)."""
     action = ACTIONS.get(subtype, "E")
     name = PROFILES[action]
-    if subtype.startswith(("search", "history")) and action == "R":
+    if subtype.startswith(("search", "history", "export")) and action == "R":
         name = "Query"
     profile = BALP + ("Patient" + name if patients else name)
     us = (recorded_us if recorded_us is not None else now_us()) // 1000 * 1000
     ev: dict[str, Any] = {
         "resourceType": "AuditEvent", "id": str(uuid.uuid4()), "meta": {"profile": [profile]},
-        "type": EVENT_TYPE, "subtype": [{"system": INTERACTION, "code": subtype}], "action": action,
-        "recorded": format_instant(us), "outcome": outcome,
+        "type": EVENT_TYPE,
+        "subtype": [{"system": LOCAL_SUBTYPES if subtype == "export" else INTERACTION, "code": subtype}],
+        "action": action, "recorded": format_instant(us), "outcome": outcome,
     }
     if description:
         ev["outcomeDesc"] = description[:1000]

@@ -57,6 +57,10 @@ def required(method: str, parts: Sequence[str]) -> Need | None:
     head = parts[0]
     if head == "metadata" or (n in (2, 3) and parts[-1] == "$validate"):
         return Need(PUBLIC, "*")
+    if parts[-1] == "$export":  # Bulk Data kick-off: each exported type is checked by the handler
+        return Need("s", "*") if n == 1 else Need("s", head) if n == 2 else Need("r", head, parts[1])
+    if head in ("$export-status", "$export-file"):  # the job's own client (and user) only: the handler checks
+        return Need("s", "*")
     if head in ("$reindex", "$reindex-status") or (n == 3 and parts[2] == "$reindex"):
         return Need("r" if head == "$reindex-status" else "u", "SearchParameter")
     if head == "_history":

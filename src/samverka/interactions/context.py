@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
@@ -69,3 +70,5 @@ class Result:
     headers: dict[str, str] = field(default_factory=dict)
     outcome: dict[str, Any] | None = None  # an OperationOutcome for Prefer: return=OperationOutcome
     patients: list[str] | None = None  # a search's patient compartments (for its audit record); None: unknown
+    file: Path | None = None  # a file sent as it is (a Bulk Data output file), with its media type
+    media_type: str | None = None

@@ -11,8 +11,6 @@ that changes while its job runs restarts the walk. Progress: `GET [base]/$reinde
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +25,11 @@ from ..search.custom import LiveRegistry, types_of
 from ..search.extract import extract
 from ..search.params import Registry, SearchParam, param_id
 from ..store import IndexRows, UnitOfWork
+from . import jobs as jobs_
 from .context import Result, Services
 
 log = logging.getLogger("samverka.reindex")
 BATCH = 200
-STALE_US = 60_000_000  # a runner on another host that has not reported for this long is presumed dead
 _COLS = "id, params, status, since, last_pk, max_pk, done, total, owner, heartbeat, error"
 
 
@@ -59,24 +57,12 @@ class Job:
 
 
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return jobs_.owner()
 
 
 def _alive(job: Job) -> bool:
     """Whether the job's runner may still be at work (a dead process on this host is known at once)."""
-    if not job.owner:
-        return False
-    host, pid, thread = job.owner.rsplit(":", 2)
-    if host == socket.gethostname():
-        if int(pid) == os.getpid():
-            return any(str(t.ident) == thread for t in threading.enumerate())
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    return now_us() - job.heartbeat < STALE_US
+    return jobs_.alive(job.owner, job.heartbeat)
 
 
 def jobs(svc: Services, job_id: int | None = None) -> list[Job]:
