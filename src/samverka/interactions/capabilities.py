@@ -30,7 +30,10 @@ _VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDef
 _PDL_OPERATIONS = ({"name": "emergency-access", "definition": f"{OPERATIONS}/Patient-emergency-access"},
                    {"name": "lift-block", "definition": f"{OPERATIONS}/Patient-lift-block"})
 # operations on one type served whatever the settings (api.app routes them)
-_OWN = {"SearchParameter": ({"name": "reindex", "definition": f"{OPERATIONS}/SearchParameter-reindex"},)}
+_BULK = "http://hl7.org/fhir/uv/bulkdata"  # Bulk Data Access 2.0.0 (interactions.export)
+_OWN = {"SearchParameter": ({"name": "reindex", "definition": f"{OPERATIONS}/SearchParameter-reindex"},),
+        "Patient": ({"name": "export", "definition": f"{_BULK}/OperationDefinition/patient-export"},),
+        "Group": ({"name": "export", "definition": f"{_BULK}/OperationDefinition/group-export"},)}
 
 
 def capability_statement(registry: Registry, base: str, formats: tuple[str, ...],
@@ -53,8 +56,10 @@ def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]
             "interaction": [{"code": c} for c in ("transaction", "batch", "search-system", "history-system")],
             "operation": [dict(_VALIDATE),
                           {"name": "reindex", "definition": f"{OPERATIONS}/reindex"},
-                          {"name": "reindex-status", "definition": f"{OPERATIONS}/reindex-status"}],
+                          {"name": "reindex-status", "definition": f"{OPERATIONS}/reindex-status"},
+                          {"name": "export", "definition": f"{_BULK}/OperationDefinition/export"}],
         }],
+        "instantiates": [f"{_BULK}/CapabilityStatement/bulk-data"],
     }
     if topics:
         _subscriptions(statement, topics)
@@ -80,7 +85,8 @@ def capability_statement(registry: Registry, base: str, formats: tuple[str, ...]
 
 def _subscriptions(statement: dict[str, Any], topics: Sequence[str]) -> None:
     """Topic-based subscriptions, https://hl7.org/fhir/uv/subscriptions-backport/components.html#capabilitystatement"""
-    statement["instantiates"] = [f"{_BACKPORT}/CapabilityStatement/backport-subscription-server-r4"]
+    statement["instantiates"] = [*statement.get("instantiates", []),
+                                 f"{_BACKPORT}/CapabilityStatement/backport-subscription-server-r4"]
     statement["implementationGuide"] = [f"{_BACKPORT}/ImplementationGuide/hl7.fhir.uv.subscriptions-backport"]
     for res in statement["rest"][0]["resource"]:
         if res["type"] != "Subscription":

@@ -48,6 +48,19 @@ def kick_off(svc: Services, base: str, request_url: str, group: str | None, pati
              pairs: list[tuple[str, str]], body: Any, prefer: dict[str, str], owner: tuple[str | None, str | None],
              allowed: Allowed) -> Result:
     """Check the request, record the job and start it; 202 with where to follow it."""
+    job, members = record(svc, base, request_url, group, patient_level, pairs, body, prefer, owner, allowed)
+    export_run.run_in_background(svc, job)
+    outcome = {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "information", "code": "informational",
+        "diagnostics": f"export job {job} started: follow it at {base}/{STATUS}/{job}"}]}
+    return Result(202, resource=outcome, headers={"Content-Location": f"{base}/{STATUS}/{job}"},
+                  patients=members or [])
+
+
+def record(svc: Services, base: str, request_url: str, group: str | None, patient_level: bool,
+           pairs: list[tuple[str, str]], body: Any, prefer: dict[str, str], owner: tuple[str | None, str | None],
+           allowed: Allowed) -> tuple[str, list[str] | None]:
+    """Check a kick-off and record its job (not yet started); the job's id and the patients it is limited to."""
     if "respond-async" not in prefer:
         raise invalid("a Bulk Data kick-off needs the header 'Prefer: respond-async'", None)
     params = [*pairs, *_parameters(body)]
@@ -93,12 +106,7 @@ def kick_off(svc: Services, base: str, request_url: str, group: str | None, pati
                     " created) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                     (job, owner[0], owner[1], request_url, orjson.dumps(spec).decode(),
                      orjson.dumps(export_run.initial_state()).decode(), at, at))
-    export_run.run_in_background(svc, job)
-    outcome = {"resourceType": "OperationOutcome", "issue": [{
-        "severity": "information", "code": "informational",
-        "diagnostics": f"export job {job} started: follow it at {base}/{STATUS}/{job}"}]}
-    return Result(202, resource=outcome, headers={"Content-Location": f"{base}/{STATUS}/{job}"},
-                  patients=members or [])
+    return job, members
 
 
 def _parameters(body: Any) -> list[tuple[str, str]]:

@@ -97,7 +97,7 @@ def claim(repo: Repository, job_id: str) -> Job | None:
     return Job.of(got[0]) if got else None
 
 
-def run(svc: Services, job_id: str) -> Job | None:
+def run(svc: Services, job_id: str, page: int = PAGE) -> Job | None:
     """Run a job to its end in this thread; None when someone else has it (or it was cancelled)."""
     job = claim(svc.repo, job_id)
     if job is None:
@@ -105,7 +105,7 @@ def run(svc: Services, job_id: str) -> Job | None:
     failures = 0
     while job.status == "running":
         try:
-            job = step(svc, job)
+            job = step(svc, job, page)
             failures = 0
         except _Lost:
             return None
@@ -139,7 +139,7 @@ def resume_in_background(svc: Services) -> None:
             run_in_background(svc, str(row[0]))
 
 
-def step(svc: Services, job: Job) -> Job:
+def step(svc: Services, job: Job, page: int = PAGE) -> Job:
     """One page: fetch it, append it to the current file, commit the progress."""
     st, spec = job.state, job.spec
     types = spec["types"]
@@ -147,10 +147,10 @@ def step(svc: Services, job: Job) -> Job:
         return _finish(svc, job)
     type_ = types[st["type"]]
     if st["phase"] == "deleted":
-        return _deleted_page(svc, job, type_)
+        return _deleted_page(svc, job, type_, page)
     queries = spec["type_filters"].get(type_) or [[]]
     p = _plan(svc, spec, type_, queries, st["query"], st["phase"])
-    pg = plan.page(svc.repo, p, PAGE, st["cursor"])
+    pg = plan.page(svc.repo, p, page, st["cursor"])
     versions = pg.versions if st["phase"] == "current" else _as_of(svc.repo, pg.versions, spec)
     names = _element_names(spec["elements"], type_)
     lines = [(_line(v, names), v.compartment) for v in versions]
@@ -206,7 +206,8 @@ def _element_names(wanted: list[str], type_: str) -> list[str] | None:
     """`_elements` for one type: `name` applies to every type, `Type.name` to that one."""
     if not wanted:
         return None
-    return [w.split(".", 1)[1] if "." in w else w for w in wanted if "." not in w or w.startswith(type_ + ".")]
+    names = [w.split(".", 1)[1] if "." in w else w for w in wanted if "." not in w or w.startswith(type_ + ".")]
+    return names or None  # names only for other types: this one is exported whole
 
 
 def _line(v: Version, names: list[str] | None) -> bytes:
@@ -214,20 +215,20 @@ def _line(v: Version, names: list[str] | None) -> bytes:
     return v.data if names is None else orjson.dumps(elements(orjson.loads(v.data), names))
 
 
-def _deleted_page(svc: Services, job: Job, type_: str) -> Job:
+def _deleted_page(svc: Services, job: Job, type_: str, page: int) -> Job:
     """Resources deleted since `_since` (at or before the transaction time): one Bundle of DELETEs per page."""
     st, spec = job.state, job.spec
     conds = ["r.type = ?", "r.deleted = 1", "r.last_updated > ?", "r.last_updated <= ?", "r.pk > ?",
              *(sql for sql, _ps in spec["filters"])]
     params = [type_, spec["since"], spec["at"], st["cursor"] or 0, *(p for _s, ps in spec["filters"] for p in ps)]
     rows = svc.repo.fetch(f"SELECT r.pk, r.id, r.compartment FROM resources r WHERE {' AND '.join(conds)}"
-                          " ORDER BY r.pk LIMIT ?", [*params, PAGE])
+                          " ORDER BY r.pk LIMIT ?", [*params, page])
     if rows:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"request": {"method": "DELETE", "url": f"{type_}/{r[1]}"}} for r in rows]}
         _append(svc, job, "deleted", type_, [(orjson.dumps(bundle), None)])
         st["cursor"] = int(rows[-1][0])
-    if len(rows) < PAGE:
+    if len(rows) < page:
         _next_type(st)
     return _save(svc.repo, job, [(r[2], st.get("last_file")) for r in rows])
 
