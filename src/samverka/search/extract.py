@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from samverka.fhir.definitions import compartment_definition
+from samverka.search import near
 from samverka.search.compile_plan import steps_runner
 from samverka.search.normalize import parse_reference
 from samverka.search.params import Registry
@@ -31,6 +32,8 @@ def extract(resource: dict[str, Any], registry: Registry | None = None) -> Index
     if not isinstance(rtype, str):
         raise ValueError("resource without resourceType")
     reg.extractor(rtype).run(resource, rows)
+    if rtype == "Location":
+        near.index(resource, reg, rows)  # a special parameter: no FHIRPath to compile
     for name in _ROW_LISTS:
         lst = getattr(rows, name)
         if len(lst) > 1:

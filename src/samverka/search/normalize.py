@@ -8,11 +8,11 @@ significant digit. References: `Type/id` for local references, the URL as given 
 from __future__ import annotations
 
 import re
-import unicodedata
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 from samverka.fhir.definitions import resource_types
+from samverka.fhir.text import fold
 
 _DAY_US = 86_400_000_000
 
@@ -111,15 +111,10 @@ def number_range(value: int | float | str | Decimal) -> tuple[float, float]:
 
 @lru_cache(maxsize=1 << 15)
 def norm_string(s: str) -> str:
-    """Accent- and case-insensitive form: NFKD, drop combining marks, casefold, collapse whitespace.
-
-    "Åsa  Öberg" → "asa oberg"; so a search for "ase" finds "Åse", and "åse" finds "Ase".
+    """Accent- and case-insensitive form (`fhir.text.fold`): NFKD, drop combining marks, casefold, collapse
+    whitespace. "Åsa  Öberg" → "asa oberg"; so a search for "ase" finds "Åse", and "åse" finds "Ase".
     """
-    if s.isascii():
-        return " ".join(s.lower().split())
-    t = unicodedata.normalize("NFKD", s)
-    t = "".join(c for c in t if not unicodedata.combining(c))
-    return " ".join(t.casefold().split())
+    return fold(s)
 
 
 def parse_reference(ref: str) -> tuple[str, str, str] | None:

@@ -12,6 +12,7 @@ PostgreSQL (qmark placeholders; the PostgreSQL store rewrites them). The value c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from ..errors import invalid
 from ..fhir.definitions import resource_types
 from ..store.hashing import h64
-from . import normalize
+from . import near, normalize
 from .compile_convert import of_type_system
 from .params import param_id
 from .query import Chain, Criterion, Has, InCompartment, Node, Value
@@ -36,6 +37,7 @@ _MODIFIERS: dict[str, set[str | None]] = {
     "reference": {None, "identifier"},  # plus :[type]
     "uri": {None, "above", "below"},
     "date": {None}, "number": {None}, "quantity": {None}, "composite": {None},
+    "special": set(),  # `near` only (search.near); :missing below
 }
 _URL_PARAM = param_id("http://hl7.org/fhir/SearchParameter/conformance-url")
 MAX_VALUE_CHARS = 8192
@@ -75,6 +77,15 @@ def _check_values(c: Criterion) -> None:
 
 def leaf(c: Criterion, db: Fetcher | None = None, in_lists: bool = False) -> Leaf | Raw:
     p = c.param
+    if not p.expression and p.code in _FULL_TEXT:
+        _check_values(c)
+        return _full_text(c)
+    if p.code == "_query" and not p.expression:
+        raise invalid(f"_query {c.values[0].text if c.values else ''!r}: this server defines no named queries",
+                      c.raw_name, "not-supported")
+    if p.type == "special" and p.code == "near" and c.modifier != "missing":
+        _check_values(c)
+        return Leaf("idx_number", p.id, *near.condition(c))
     allowed = _MODIFIERS.get(p.type)
     if allowed is None:
         raise invalid(f"search parameter {c.raw_name} of type {p.type} is not supported", c.raw_name, "not-supported")
@@ -85,7 +96,8 @@ def leaf(c: Criterion, db: Fetcher | None = None, in_lists: bool = False) -> Lea
                " OR EXISTS (SELECT 1 FROM idx_token mt WHERE mt.res = {a}.pk AND mt.param = ?))")
         return Raw(f"NOT {has}" if c.values[0].text == "true" else has, (p.id, p.id))
     if c.modifier == "missing":
-        return Leaf(_TABLE[p.type], p.id, "1 = 1", (), negate=c.values[0].text == "true")
+        table = "idx_number" if p.type == "special" else _TABLE[p.type]
+        return Leaf(table, p.id, "1 = 1", (), negate=c.values[0].text == "true")
     if p.code == "_id":
         if c.modifier not in (None, "not"):
             raise invalid(f"modifier :{c.modifier} is not supported on _id", c.raw_name)
@@ -106,6 +118,34 @@ def leaf(c: Criterion, db: Fetcher | None = None, in_lists: bool = False) -> Lea
         return _token_leaf(c, db, in_lists)
     compile_value = {"reference": reference, "uri": _uri}.get(p.type) or COMPILERS[p.type]
     return _leaf(_TABLE[p.type], c, [compile_value(c, v) for v in c.values])
+
+
+_FULL_TEXT = {"_content": "samverka_content", "_text": "samverka_narrative"}  # fhir.text; migration 0018
+_PHRASE = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def _full_text(c: Criterion) -> Raw:
+    """`_content` / `_text` (https://hl7.org/fhir/R4/search.html#content): each value's words (or "quoted
+    phrases") must all occur, accent- and case-insensitively, in the resource's string values (its
+    narrative for `_text`); `,` is OR. Matched per row against the stored JSON: not indexed, so such a
+    search is as fast as the other criteria beside it make it."""
+    fn = _FULL_TEXT[c.param.code]
+    if c.modifier == "missing":
+        op = "IS NULL" if c.values[0].text == "true" else "IS NOT NULL"
+        return Raw(f"EXISTS (SELECT 1 FROM history ft WHERE ft.seq = {{a}}.seq AND {fn}(ft.data) {op})", ())
+    if c.modifier not in (None, "contains"):
+        raise invalid(f"modifier :{c.modifier} is not supported on {c.raw_name}", c.raw_name, "not-supported")
+    ors: list[str] = []
+    params: list[Any] = []
+    for v in c.values:
+        terms = [normalize.norm_string(a or b) for a, b in _PHRASE.findall(v.text)]
+        terms = [t for t in terms if t]
+        if not terms:
+            raise invalid(f"{c.raw_name}: give at least one word to look for", c.raw_name)
+        ors.append("(" + " AND ".join(f"{fn}(ft.data) LIKE ? ESCAPE '\\'" for _ in terms) + ")")
+        params += ["%" + re.sub(r"([\\%_])", r"\\\1", t) + "%" for t in terms]
+    return Raw(f"EXISTS (SELECT 1 FROM history ft WHERE ft.seq = {{a}}.seq AND ({' OR '.join(ors)}))",
+               tuple(params))
 
 
 def _leaf(table: str, c: Criterion, conds: list[Cond], negate: bool = False) -> Leaf:

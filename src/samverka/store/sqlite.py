@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
+from ..fhir.text import content_text, narrative_text
 from . import integrity
 from .base import Current, Dialect, Head, HistoryEntry, HistoryQuery, IndexRows, Version, Write
 from .hashing import h64
@@ -48,6 +49,9 @@ def connect(path: Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size = -32768")  # 32 MiB per connection (one per worker)
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA mmap_size = 67108864")  # 64 MiB: mapped pages count in every worker's RSS
+    # `_content` and `_text` match against these (fhir.text; PostgreSQL has SQL functions of the same names)
+    conn.create_function("samverka_content", 1, content_text, deterministic=True)
+    conn.create_function("samverka_narrative", 1, narrative_text, deterministic=True)
     return conn
 
 
