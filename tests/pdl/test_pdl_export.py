@@ -256,8 +256,6 @@ def test_a_patient_launch_exports_that_patients_compartment_only(world: Users, l
     assert "Observation/x-g-obs-orto" not in found.ids() and "spärr" in notices(found)
 
 
-@pytest.mark.xfail(strict=True, reason="export files carry a protected Patient's address and telecom to a user "
-                   "whose assignment lacks the protected-identity permission (search and read strip them)")
 def test_protected_identity_is_stripped_as_in_search(doctor: httpx.Client, doctor_export: Export) -> None:
     shown = doctor.get("/Patient", params={"_id": "x-p"}).json()["entry"][0]["resource"]
     assert "address" not in shown and "telecom" not in shown  # what search shows the doctor

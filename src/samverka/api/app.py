@@ -315,8 +315,10 @@ class FhirApi:
                 return True
 
             body = await self._body(request) if method == "POST" and await request.body() else None
+            redact = access is not None and access.is_user and not pdl_identity.may_see(self.svc.repo,
+                                                                                       access.practitioner_role)
             return export.kick_off(svc, base, str(request.url), parts[1] if n == 3 else None, n == 2, pairs, body,
-                                   prefer, owner, allowed)
+                                   prefer, owner, allowed, redact)
         if parts[0] == export.STATUS and n == 2 and method in ("GET", "HEAD"):
             return export.status(svc, base, parts[1], owner)
         if parts[0] == export.STATUS and n == 2 and method == "DELETE":

@@ -17,31 +17,12 @@ import orjson
 
 from ..interactions.context import Result
 from ..store import Repository
-from ..sweden.codes import PROTECTED_INFORMATION, SECURITY_LABEL_SYSTEM
+from ..sweden.protected import REDACTED, protected, strip
+
+__all__ = ["REDACTED", "may_see", "protected", "redact", "strip"]
 
 PERMISSION_SYSTEM = "https://samverka.se/fhir/CodeSystem/pdl-permission"
 PROTECTED_IDENTITY = "protected-identity"
-REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED",
-            "display": "redacted"}
-
-
-def protected(body: dict[str, Any]) -> bool:
-    labels = (body.get("meta") or {}).get("security") or []
-    return any(isinstance(s, dict) and s.get("system") == SECURITY_LABEL_SYSTEM
-               and s.get("code") == PROTECTED_INFORMATION for s in labels)
-
-
-def strip(body: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in body.items() if k not in ("address", "telecom")}
-    if isinstance(out.get("contact"), list):
-        out["contact"] = [{k: v for k, v in c.items() if k not in ("address", "telecom")}
-                          for c in out["contact"] if isinstance(c, dict)]
-    meta = dict(out.get("meta") or {})
-    meta["security"] = [*(meta.get("security") or []), REDACTED]
-    out["meta"] = meta
-    return out
-
-
 def may_see(repo: Repository, practitioner_role: str | None) -> bool:
     """True when the user's assignment carries the protected-identity permission."""
     if not practitioner_role:

@@ -46,9 +46,10 @@ def patient_types() -> list[str]:
 
 def kick_off(svc: Services, base: str, request_url: str, group: str | None, patient_level: bool,
              pairs: list[tuple[str, str]], body: Any, prefer: dict[str, str], owner: tuple[str | None, str | None],
-             allowed: Allowed) -> Result:
-    """Check the request, record the job and start it; 202 with where to follow it."""
-    job, members = record(svc, base, request_url, group, patient_level, pairs, body, prefer, owner, allowed)
+             allowed: Allowed, redact: bool = False) -> Result:
+    """Check the request, record the job and start it; 202 with where to follow it. `redact`: protected
+    Patients lose their contact details in the files (a user without the permission; auth.pdl_identity)."""
+    job, members = record(svc, base, request_url, group, patient_level, pairs, body, prefer, owner, allowed, redact)
     export_run.run_in_background(svc, job)
     outcome = {"resourceType": "OperationOutcome", "issue": [{
         "severity": "information", "code": "informational",
@@ -59,7 +60,7 @@ def kick_off(svc: Services, base: str, request_url: str, group: str | None, pati
 
 def record(svc: Services, base: str, request_url: str, group: str | None, patient_level: bool,
            pairs: list[tuple[str, str]], body: Any, prefer: dict[str, str], owner: tuple[str | None, str | None],
-           allowed: Allowed) -> tuple[str, list[str] | None]:
+           allowed: Allowed, redact: bool = False) -> tuple[str, list[str] | None]:
     """Check a kick-off and record its job (not yet started); the job's id and the patients it is limited to."""
     if "respond-async" not in prefer:
         raise invalid("a Bulk Data kick-off needs the header 'Prefer: respond-async'", None)
@@ -98,7 +99,7 @@ def record(svc: Services, base: str, request_url: str, group: str | None, patien
     spec = {"base": base, "types": types, "since": since, "at": at, "filters": [*filters, *limit],
             "type_filters": type_filters,
             "elements": [e.strip() for raw in values["_elements"] for e in raw.split(",") if e.strip()],
-            "notes": notes, "requires_token": svc.settings.auth}
+            "notes": notes, "requires_token": svc.settings.auth, "redact": redact}
     job = uuid.uuid4().hex
     expire(svc)
     with svc.repo.transaction() as uow:

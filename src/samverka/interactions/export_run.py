@@ -29,6 +29,7 @@ from ..fhir.instant import format_instant, now_us
 from ..fhir.summary import elements
 from ..search import plan
 from ..store import Repository, UnitOfWork, Version
+from ..sweden.protected import protected, strip
 from . import jobs
 from .context import Services
 
@@ -153,7 +154,8 @@ def step(svc: Services, job: Job, page: int = PAGE) -> Job:
     pg = plan.page(svc.repo, p, page, st["cursor"])
     versions = pg.versions if st["phase"] == "current" else _as_of(svc.repo, pg.versions, spec)
     names = _element_names(spec["elements"], type_)
-    lines = [(_line(v, names), v.compartment) for v in versions]
+    redact = bool(spec.get("redact")) and type_ == "Patient"
+    lines = [(_line(v, names, redact), v.compartment) for v in versions]
     _append(svc, job, "output", type_, lines)
     st["cursor"] = pg.last_key
     if not pg.more:
@@ -210,9 +212,16 @@ def _element_names(wanted: list[str], type_: str) -> list[str] | None:
     return names or None  # names only for other types: this one is exported whole
 
 
-def _line(v: Version, names: list[str] | None) -> bytes:
+def _line(v: Version, names: list[str] | None, redact: bool) -> bytes:
+    """The resource as the file holds it: narrowed by `_elements`, and a protected Patient's contact details
+    removed when the requester may not see them (sweden.protected, as search does for users)."""
     assert v.data is not None
-    return v.data if names is None else orjson.dumps(elements(orjson.loads(v.data), names))
+    if names is None and not (redact and b"protected-information" in v.data):
+        return v.data
+    body = orjson.loads(v.data)
+    if redact and protected(body):
+        body = strip(body)
+    return orjson.dumps(elements(body, names) if names is not None else body)
 
 
 def _deleted_page(svc: Services, job: Job, type_: str, page: int) -> Job:
