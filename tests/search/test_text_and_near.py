@@ -114,3 +114,39 @@ def test_bad_input(svc: Services, type_: str, pairs: list[tuple[str, str]], word
         ids(svc, pairs, type_)
     issue = caught.value.issues[0]
     assert words in issue.diagnostics and issue.expression == pairs[0][0]
+
+
+def test_a_store_from_before_near_was_indexed_reindexes_it_first(backend: str, tmp_path: Path,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """Migration 0019: Locations stored before `near` had index rows make it pending until a reindex ends."""
+    from samverka.interactions import reindex
+    from samverka.search.params import Registry
+
+    s = services(backend, tmp_path, request)
+    near_id = Registry.default().get("Location", "near").id  # type: ignore[union-attr]
+    _put(s, {"resourceType": "Location", "id": "akademiska", "position": {"latitude": 59.85, "longitude": 17.64}})
+    with s.repo.transaction() as uow:  # as the store was before schema v19: no rows for near
+        uow.execute("DELETE FROM idx_number WHERE param = ?", (near_id,))
+        uow.execute("DELETE FROM schema_migrations WHERE version = 19", ())
+    database = s.settings.database
+    s.repo.close()
+    s = services(backend, tmp_path, request) if database is None else _reopen(s)
+    try:
+        with pytest.raises(FhirError, match="being reindexed"):
+            ids(s, [("near", "59.85|17.64|1")], "Location")
+        [job] = [j for j in reindex.jobs(s) if j.status == "running"]
+        assert job.params == ["http://hl7.org/fhir/SearchParameter/Location-near"]
+        reindex.run(s, job)
+        assert ids(s, [("near", "59.85|17.64|1")], "Location") == {"akademiska"}
+    finally:
+        s.repo.close()
+
+
+def _reopen(old: Services) -> Services:
+    from samverka.search.custom import LiveParams
+    from samverka.store import open_repository
+    from samverka.validation import Validator
+
+    repo = open_repository(old.settings.data_dir, old.settings.database)
+    live = LiveParams(repo)
+    return Services(repo, live.registry(), Validator.default(), old.settings, live)
