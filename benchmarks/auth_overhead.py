@@ -2,8 +2,8 @@
 benchmarks, with `samverka serve --auth off` and with auth on, where every request carries a user's token.
 
 ```
-python benchmarks/auth_overhead.py            # 10,000 generated patients (~1M resources), 3 x 30 s per run
-python benchmarks/auth_overhead.py --quick    # 300 patients (~29k resources), 3 x 8 s: smoke run
+python benchmarks/auth_overhead.py            # 10,000 generated patients (~1M resources), 3 repeats x 6 pairs x 10 s
+python benchmarks/auth_overhead.py --quick    # 300 patients (~29k resources), 2 repeats x 4 pairs x 5 s: smoke run
 ```
 
 Users: practitioners of the generated region (Practitioner/PractitionerRole with HSA-ids), each acting
@@ -16,21 +16,45 @@ records whether a patient without one is refused. Requests of a user carry that 
 modes answer the same requests with the same results (searches are the patient-scoped queries of
 `search_queries.pick`; the other queries of that mix return fewer rows under PDL, a different workload).
 
-Each repeat starts the server once per mode (order alternating), warms up, then runs wrk (2 threads,
-16 connections; or an async httpx client in its own process when wrk is missing) per workload.
-Medians of the repeats are reported with p50/p99, the on/off throughput ratio against the target (at
-most 25% lower), the machine's load average and CPU busy share during each run, and the raw HTTP
-ceiling of a read by id (`read.ceiling_server`). Note: `--auth off` still audits every read (the
-records name an unauthenticated client), so the ratio is the cost of authorization, PDL and the user
-attribution in the records; the audit log itself is paid in both modes.
+Method (made for a noisy shared 2-core VM, where the auth-off read rate alone ranged from 701 to 1,793
+req/s between the 30 s runs of one invocation, and throughput fell as a run went on). Each repeat copies the
+loaded base store twice (`samverka*.sqlite` and WALs, flushed to disk; the base itself is only served to set
+up clients and care relationships) and starts `serve --auth off` on one copy and `--auth on` on the other:
+separate files, since every read is audited into the store's `samverka-audit-reads.sqlite` sibling, and each
+repeat starts from the same state. Both servers stay up for the whole repeat; the idle one uses about 2% of a
+core (its CPU during each slice is recorded). Per workload each server is warmed up, then wrk (2 threads, 16
+connections; an async httpx client in its own process when wrk is missing) runs short slices alternately
+against them in `--pairs` pairs, each pair's order the reverse of the previous one's (off on, on off, ...:
+ABBA, the first order alternating between repeats). The headline is the median over all pairs of the pair's
+on/off req/s: two slices adjacent in time see nearly the same machine, so slow drift (neighbours, page-cache
+and store growth) cancels. A second estimate: the server's CPU time per request in each slice (utime+stime of
+the server and all its worker processes, /proc/<pid>/stat, before and after the slice, over the requests
+completed; after a slice the benchmark waits, at most `--settle` s, until that server is quiet, so the audit
+commits it finishes late count for its own slice and do not compete with the other server's next one), whose
+off/on ratio estimates the throughput ratio of a CPU-bound server without depending on how much CPU the
+machine gave it. It is the conservative one: wrk's own CPU per request (also recorded, from the benchmark's
+reaped children) is the same in both modes, and adding it gives the ratio of a box running only the two
+(`cpu_ratio_with_client`). Each slice also records the machine's busy, iowait and steal shares
+(/proc/stat), the share of both cores used by other processes than the two servers and wrk, and the
+load average, so noisy slices are visible. Reported: median and range of the pair
+ratios (and per repeat), medians of req/s, p50/p99 and CPU ms per request per mode, the CPU ratio, against
+the target (on at most 25% lower than off), and the raw HTTP ceiling of a read by id
+(`read.ceiling_server`). Every slice and pair is in `results-<N>p.json` (`runs`, `pairs`, `repeats`), the
+table in `summary-<N>p.md`. The copies need twice the store's size on disk (about 6 GB at 10,000 patients)
+and are removed after each repeat (`--keep-copies` keeps the last); a default run takes about 25 minutes.
+Note: `--auth off` still audits every read (the records name an
+unauthenticated client), so the ratio is the cost of authorization, PDL and the user attribution in the
+records; the audit log itself is paid in both modes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -40,7 +64,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common import HERE, PY, SAMVERKA, Results, Server, free_port, log, median, run
+from common import HERE, PY, SAMVERKA, Results, Server, free_port, log, median, run, tree
 from read import CEILING_APP, parse_wrk
 
 ISSUER = "https://idp.bench.samverka.invalid"
@@ -72,21 +96,49 @@ end
 """
 
 
-# ---- machine state ------------------------------------------------------------------------------
+# ---- machine state and server CPU ------------------------------------------------------------------
 
-def _cpu() -> tuple[int, int]:
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat() -> list[int]:
+    """The machine's CPU counters: user nice system idle iowait irq softirq steal (ticks)."""
     with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:]]
-    return sum(v) - v[3] - v[4], sum(v)  # busy (all but idle and iowait), total
+        return [int(x) for x in fh.readline().split()[1:9]]
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants, plus the children they reaped."""
+    ticks = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile: its time is in its parent's cutime/cstime once reaped
+            continue
+        ticks += sum(int(x) for x in f[11:15])  # fields 14-17: utime stime cutime cstime
+    return ticks / TICK
+
+
+def snapshot(pids: dict[str, int]) -> dict[str, Any]:
+    return {"t": time.perf_counter(), "stat": _stat(), "la": os.getloadavg()[0],
+            "cpu": {m: tree_cpu(p) for m, p in pids.items()}}
+
+
+def machine_delta(s0: dict[str, Any], s1: dict[str, Any]) -> dict[str, Any]:
+    """Load average, busy / iowait / steal shares of the machine's CPU time between two snapshots."""
+    d = [b - a for a, b in zip(s0["stat"], s1["stat"], strict=True)]
+    total = max(sum(d), 1)
+    return {"loadavg1_start": round(s0["la"], 2), "loadavg1_end": round(s1["la"], 2),
+            "cpu_busy_share": round((total - d[3] - d[4]) / total, 3), "iowait_share": round(d[4] / total, 3),
+            "steal_share": round(d[7] / total, 3)}
 
 
 def measured(fn: Any) -> dict[str, Any]:
-    """Run `fn()` (a dict of figures) and add the load average and the machine's CPU busy share meanwhile."""
-    la0, (b0, t0) = os.getloadavg()[0], _cpu()
+    """Run `fn()` (a dict of figures) and add the load average and the machine's CPU shares meanwhile."""
+    s0 = snapshot({})
     out = dict(fn())
-    b1, t1 = _cpu()
-    out.update(loadavg1_start=round(la0, 2), loadavg1_end=round(os.getloadavg()[0], 2),
-               cpu_busy_share=round((b1 - b0) / max(t1 - t0, 1), 3))
+    out.update(machine_delta(s0, snapshot({})))
     return out
 
 
@@ -136,6 +188,32 @@ def ensure_store(work: Path, patients: int) -> Path:
         log(f"loaded in {secs:.0f} s")
         (store / ".loaded").touch()
     return store
+
+
+def store_files(store: Path) -> list[Path]:
+    """The store's database and its siblings as the code names them (`samverka.sqlite`,
+    `samverka-audit-reads.sqlite`, ...) with their WALs; leftovers of older namings are not part of it."""
+    return sorted(f for f in store.iterdir() if f.is_file() and f.name.startswith("samverka")
+                  and f.name.endswith((".sqlite", ".sqlite-wal")))
+
+
+def copy_store(base: Path, dest: Path) -> Path:
+    """A private copy of the (stopped) base store, flushed to disk so its write-back does not run into the
+    measurement. Each server of a repeat gets its own: reads are audited, so a server writes to its store."""
+    shutil.rmtree(dest, ignore_errors=True)  # only ever a copy this benchmark made
+    dest.mkdir(parents=True)
+    for f in store_files(base):
+        shutil.copyfile(f, dest / f.name)
+        fd = os.open(dest / f.name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return dest
+
+
+def store_mb(store: Path) -> float:
+    return round(sum(f.stat().st_size for f in store.iterdir() if f.is_file()) / 2**20, 1)
 
 
 # ---- users, care relationships, tokens -----------------------------------------------------------
@@ -406,30 +484,136 @@ def probe(origin: str, plan: dict[str, Any], tokens: list[str]) -> dict[str, Any
     return out
 
 
-def run_mode(store: Path, mode: str, auth: Auth, plan: dict[str, Any], files: dict[str, Path], work: Path,
-             rep: int, a: argparse.Namespace) -> dict[str, Any]:
+class Tokens:
+    """The user tokens of the auth-on server, in the file the wrk script reads at the start of each slice;
+    issued again before a slice once half their lifetime is gone (user tokens live 15 minutes)."""
+
+    def __init__(self, auth: Auth, origin: str, users: list[dict[str, Any]], path: Path) -> None:
+        self.auth, self.origin, self.users, self.path = auth, origin, users, path
+        self.at = 0.0
+        self.refresh()
+
+    def refresh(self, older_than: float = 0) -> None:
+        if time.monotonic() - self.at < older_than:
+            return
+        self.list = [self.auth.user_token(self.origin, u) for u in self.users]
+        self.path.write_text("".join(f"{t}\n" for t in self.list))
+        self.at = time.monotonic()
+
+
+def run_slice(servers: dict[str, Server], mode: str, lines: Path, tokens: Path, logs: Path, tag: str,
+              a: argparse.Namespace) -> dict[str, Any]:
+    """One wrk slice against one of the two running servers: throughput, latency, the server's CPU seconds
+    per request (its whole process tree), the idle server's CPU meanwhile, and the machine's steal share."""
+    pids = {m: srv.pid for m, srv in servers.items()}
+    s0, c0 = snapshot(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    fig = load_run(servers[mode].port, lines, tokens, logs, tag, a.seconds, a.connections)
+    s_load, c1 = snapshot(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime  # wrk (or the httpx client), reaped by run()
+    settle_cpu(pids[mode], a.settle)
+    s1 = snapshot(pids)
+    cpu = s1["cpu"][mode] - s0["cpu"][mode]
+    idle = sum(s_load["cpu"][m] - s0["cpu"][m] for m in pids if m != mode)
+    n = fig.get("requests") or 0
+    wall, d = s_load["t"] - s0["t"], [b - a for a, b in zip(s0["stat"], s_load["stat"], strict=True)]
+    busy = (sum(d) - d[3] - d[4]) / TICK  # every process's CPU seconds meanwhile, both cores
+    ours = sum(s_load["cpu"][m] - s0["cpu"][m] for m in pids) + client
+    fig.update(wall_s=round(wall, 2), server_cores=round((s_load["cpu"][mode] - s0["cpu"][mode]) / wall, 2),
+               foreign_cpu_share=round(max(0.0, busy - ours) / (wall * (os.cpu_count() or 1)), 3),
+               server_cpu_s=round(cpu, 2),
+               cpu_ms_per_request=round(cpu * 1000 / n, 4) if n else None,
+               client_cpu_ms_per_request=round(client * 1000 / n, 4) if n else None,
+               settle_s=round(s1["t"] - s_load["t"], 2), settle_cpu_s=round(s1["cpu"][mode] - s_load["cpu"][mode], 2),
+               idle_server_cpu_s=round(idle, 2), **machine_delta(s0, s_load))
+    return fig
+
+
+def settle_cpu(pid: int, limit: float, window: float = 1.0, quiet: float = 0.05) -> None:
+    """After a slice: wait (at most `limit` s) until the server's process tree uses under `quiet` of a core,
+    so that work it deferred (audit records committed in the background) is counted in its own slice's CPU
+    and does not compete with the other server's next slice."""
+    deadline = time.perf_counter() + limit
+    c0 = tree_cpu(pid)
+    while time.perf_counter() < deadline:
+        time.sleep(window)
+        c1 = tree_cpu(pid)
+        if c1 - c0 < quiet * window:
+            return
+        c0 = c1
+
+
+def _with_client(off: dict[str, Any], on: dict[str, Any]) -> float | None:
+    """off/on CPU per request of server and load generator together: the throughput ratio of a machine whose
+    CPU is all theirs (the server-only ratio is lower, as wrk's own cost per request is the same in both)."""
+    keys = ("cpu_ms_per_request", "client_cpu_ms_per_request")
+    if not all(f.get(k) for f in (off, on) for k in keys):
+        return None
+    return round(sum(off[k] for k in keys) / sum(on[k] for k in keys), 4)
+
+
+def run_repeat(base: Path, rep: int, auth: Auth, plan: dict[str, Any], files: dict[str, Path], work: Path,
+               a: argparse.Namespace) -> dict[str, Any]:
+    """Both servers up for the whole repeat, each on its own copy of the base store; per workload both are
+    warmed up, then `a.pairs` pairs of slices alternate between them, each pair's order the reverse of the
+    previous one's (off on, on off, off on, ...; the first pair's order alternates between repeats)."""
     logs = work / "logs"
-    tag = f"{mode}-{rep}"
-    figures: dict[str, Any] = {}
-    with serve(store, mode, auth, logs, tag) as srv:
-        origin = f"http://127.0.0.1:{srv.port}"
-        tokens = [auth.user_token(origin, u) for u in plan["users"]] if mode == "on" else []
-        tok_file = work / f"tokens-{mode}.txt"
-        tok_file.write_text("".join(f"{t}\n" for t in tokens) or "\n")
-        figures["probe"] = probe(origin, plan, tokens)
-        for wl in a.workloads:
-            load_run(srv.port, files[wl], tok_file, logs, f"{tag}-{wl}-warmup", a.warmup, a.connections)
-            figures[wl] = measured(lambda wl=wl: load_run(srv.port, files[wl], tok_file, logs, f"{tag}-{wl}",
-                                                          a.seconds, a.connections))
-            log(f"  {mode} {wl}: {figures[wl]['requests_per_s']:.0f} req/s, p50 {figures[wl].get('p50_ms')} ms,"
-                f" p99 {figures[wl].get('p99_ms')} ms, non-2xx {figures[wl].get('non_2xx')},"
-                f" load {figures[wl]['loadavg1_end']}")
-    return figures
+    first = ("off", "on") if rep % 2 == 0 else ("on", "off")
+    t0 = time.perf_counter()
+    copies = {m: copy_store(base, work / f"run-{a.patients}p" / m) for m in first}
+    out: dict[str, Any] = {"slices": {}, "pairs": {}, "probes": {},
+                           "store_mb_start": store_mb(copies["off"]), "copy_s": round(time.perf_counter() - t0, 1)}
+    log(f"  copied the store twice ({out['store_mb_start']:,.0f} MB each) in {out['copy_s']} s")
+    try:
+        with contextlib.ExitStack() as stack:
+            servers = {m: stack.enter_context(serve(copies[m], m, auth, logs, f"{m}-{rep}")) for m in first}
+            origin = {m: f"http://127.0.0.1:{srv.port}" for m, srv in servers.items()}
+            tok_files = {"off": work / f"tokens-off-{a.patients}p.txt", "on": work / f"tokens-on-{a.patients}p.txt"}
+            tok_files["off"].write_text("\n")
+            tokens = Tokens(auth, origin["on"], plan["users"], tok_files["on"])
+            for m in first:
+                out["probes"][m] = probe(origin[m], plan, tokens.list if m == "on" else [])
+            for wl in a.workloads:
+                for m in first:
+                    load_run(servers[m].port, files[wl], tok_files[m], logs, f"{m}-{rep}-{wl}-warmup", a.warmup,
+                             a.connections)
+                for i in range(a.pairs):
+                    pair: dict[str, Any] = {"rep": rep, "pair": i}
+                    order = first if i % 2 == 0 else first[::-1]
+                    for m in order:
+                        tokens.refresh(older_than=450)
+                        fig = run_slice(servers, m, files[wl], tok_files[m], logs, f"{m}-{rep}-{wl}-{i}", a)
+                        fig.update(rep=rep, pair=i, position=order.index(m))
+                        out["slices"].setdefault(f"{wl}.{m}", []).append(fig)
+                        pair[m] = fig
+                    off, on = pair.pop("off"), pair.pop("on")
+                    pair.update(order="/".join(order), ratio=round(on["requests_per_s"] / off["requests_per_s"], 4)
+                                if off["requests_per_s"] else None,
+                                cpu_ratio=round(off["cpu_ms_per_request"] / on["cpu_ms_per_request"], 4)
+                                if off["cpu_ms_per_request"] and on["cpu_ms_per_request"] else None,
+                                cpu_ratio_with_client=_with_client(off, on),
+                                off_rps=off["requests_per_s"], on_rps=on["requests_per_s"],
+                                off_cpu_ms=off["cpu_ms_per_request"], on_cpu_ms=on["cpu_ms_per_request"],
+                                steal_share=max(off["steal_share"], on["steal_share"]),
+                                non_2xx=(off.get("non_2xx") or 0) + (on.get("non_2xx") or 0))
+                    out["pairs"].setdefault(wl, []).append(pair)
+                    log(f"  {wl} pair {i + 1}/{a.pairs} ({pair['order']}): off {off['requests_per_s']:.0f} req/s"
+                        f" {off['cpu_ms_per_request']} CPU ms/req, on {on['requests_per_s']:.0f} req/s"
+                        f" {on['cpu_ms_per_request']} CPU ms/req; on/off {pair['ratio']}, CPU off/on"
+                        f" {pair['cpu_ratio']}, steal {pair['steal_share']:.1%}, idle server"
+                        f" {off['idle_server_cpu_s']} / {on['idle_server_cpu_s']} CPU s, non-2xx {pair['non_2xx']}")
+        out["store_mb_end"] = {m: store_mb(c) for m, c in copies.items()}
+    finally:
+        if not a.keep_copies:
+            for c in copies.values():
+                shutil.rmtree(c, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (work / f"run-{a.patients}p").rmdir()
+    return out
 
 
 def ceiling(store: Path, files: dict[str, Path], work: Path, a: argparse.Namespace) -> dict[str, Any]:
     """The physical limit of a read by id over HTTP (minimal Starlette route + stdlib sqlite3, 2 workers)."""
-    tok = work / "tokens-off.txt"
+    tok = work / f"tokens-off-{a.patients}p.txt"
     tok.write_text("\n")
     app_dir = work / "ceiling"
     app_dir.mkdir(exist_ok=True)
@@ -506,42 +690,69 @@ def audit_cost(a: argparse.Namespace) -> None:
 
 def _med(runs: list[dict[str, Any]], key: str) -> float | None:
     xs = [r[key] for r in runs if r.get(key) is not None]
-    return round(median(xs), 2) if xs else None
+    return round(median(xs), 4 if key.endswith(("ratio", "share", "per_request")) else 2) if xs else None
+
+
+def _per_rep(pairs: list[dict[str, Any]], key: str) -> str:
+    reps = sorted({p["rep"] for p in pairs})
+    return " / ".join(f"{_med([p for p in pairs if p['rep'] == r], key) or 0:.2f}" for r in reps)
 
 
 def summarize(res: Results, a: argparse.Namespace) -> str:
     d = res.data
     lines = [f"# Authorization + auditing overhead ({d.get('patients')} patients, {d.get('resources')} resources)", "",
              f"Code: {d.get('code')}. {d.get('users')} users, {d.get('patients_treated')} patients with a care"
-             f" relationship (in-progress Encounter at the user's unit). Client: wrk-style closed loop,"
-             f" {a.connections} connections, {a.seconds:.0f} s per run after {a.warmup:.0f} s warm-up; medians of"
-             f" {a.repeats} repeats; `serve --workers 2` on SQLite.", "",
+             f" relationship (in-progress Encounter at the user's unit). `serve --workers 2` on SQLite; both servers"
+             f" run for the whole repeat, each on its own copy of the store. Client: wrk closed loop,"
+             f" {a.connections} connections; per workload {a.warmup:.0f} s warm-up of each server, then {a.pairs}"
+             f" pairs of {a.seconds:.0f} s slices (off/on, on/off, ...) per repeat, {a.repeats} repeats.", "",
              f"PDL enforced (a patient without care relationship refused): {d.get('pdl_enforced')}."
              f" Same results on and off (probed searches): {d.get('same_results')}.", "",
-             "| workload | auth off req/s | p50 / p99 ms | auth on req/s | p50 / p99 ms | on/off | throughput lost |"
-             " target (<= 25% lower) | load avg (off / on) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| workload | pairs | on/off (median of pairs; per repeat) | off req/s | off p50 / p99 ms | on req/s |"
+             " on p50 / p99 ms | CPU ms/req off / on | CPU off/on (median of pairs; per repeat) | CPU incl. wrk off/on |"
+             " target on/off ≥ 0.75 | other processes' CPU share median / max | steal median / max |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for wl in a.workloads:
         off, on = d.get("runs", {}).get(f"{wl}.off", []), d.get("runs", {}).get(f"{wl}.on", [])
-        if not off or not on:
+        pairs = d.get("pairs", {}).get(wl, [])
+        if not pairs:
             continue
-        r_off, r_on = _med(off, "requests_per_s") or 0, _med(on, "requests_per_s") or 0
-        ratio = r_on / r_off if r_off else 0
-        res.put(f"ratio.{wl}", round(ratio, 3))
-        lines.append(f"| {wl} | {r_off:,.0f} | {_med(off, 'p50_ms')} / {_med(off, 'p99_ms')} | {r_on:,.0f} |"
-                     f" {_med(on, 'p50_ms')} / {_med(on, 'p99_ms')} | {ratio:.2f} | {(1 - ratio) * 100:.0f}% |"
-                     f" {'met' if ratio >= 0.75 else 'missed'} | {_med(off, 'loadavg1_end')} / {_med(on, 'loadavg1_end')} |")
+        ratio, cpu_ratio = _med(pairs, "ratio") or 0, _med(pairs, "cpu_ratio") or 0
+        res.put(f"ratio.{wl}", ratio)
+        res.put(f"cpu_ratio.{wl}", cpu_ratio)
+        steal = [s["steal_share"] for s in off + on]
+        foreign = [s.get("foreign_cpu_share") or 0 for s in off + on]
+        lo, hi = min(p["ratio"] or 0 for p in pairs), max(p["ratio"] or 0 for p in pairs)
+        lines.append(f"| {wl} | {len(pairs)} | **{ratio:.2f}** ({lo:.2f}-{hi:.2f}; {_per_rep(pairs, 'ratio')}) |"
+                     f" {_med(off, 'requests_per_s') or 0:,.0f} | {_med(off, 'p50_ms')} / {_med(off, 'p99_ms')} |"
+                     f" {_med(on, 'requests_per_s') or 0:,.0f} | {_med(on, 'p50_ms')} / {_med(on, 'p99_ms')} |"
+                     f" {_med(off, 'cpu_ms_per_request') or 0:.2f} / {_med(on, 'cpu_ms_per_request') or 0:.2f} |"
+                     f" **{cpu_ratio:.2f}** ({_per_rep(pairs, 'cpu_ratio')}) | {_med(pairs, 'cpu_ratio_with_client') or 0:.2f} |"
+                     f" {'met' if ratio >= 0.75 else 'missed'} (CPU: {'met' if cpu_ratio >= 0.75 else 'missed'}) |"
+                     f" {median(foreign):.0%} / {max(foreign):.0%} | {median(steal):.1%} / {max(steal):.1%} |")
         bad = sum(r.get("non_2xx") or 0 for r in off + on)
         slow = sum(r.get("timeouts") or 0 for r in off + on)
         if bad or slow:
-            lines.append(f"|  | {bad} non-2xx answers, {slow} requests unanswered after 5 s in these runs:"
-                         " see the logs |||||||")
+            lines.append(f"|  | {bad} non-2xx answers, {slow} requests unanswered after 5 s in these slices:"
+                         " see the logs ||||||||||||")
     c = d.get("ceiling")
     if c:
         lines += ["", f"Physical limit, read by id over HTTP (minimal Starlette route + sqlite3, 2 workers, no"
                   f" auth, no audit): {c['requests_per_s']:,.0f} req/s, p50 {c.get('p50_ms')} ms, p99 {c.get('p99_ms')} ms."]
-    lines += ["", "`--auth off` still audits every read (records with an unauthenticated client), so on/off is the"
-              " cost of token verification, the PDL policy and filters, and the user attribution; the audit log"
-              " itself is paid in both columns. CPU busy share and load per run are in the results JSON."]
+    grow = [(r["store_mb_start"], r.get("store_mb_end", {})) for r in d.get("repeats", [])]
+    if grow:
+        lines += ["", "Store copies per repeat (MB at start → end, off / on): " + "; ".join(
+            f"{s:,.0f} → {e.get('off', 0):,.0f} / {e.get('on', 0):,.0f}" for s, e in grow) + "."]
+    lines += ["", "on/off is the throughput ratio of the two slices of a pair (adjacent in time, so the machine's "
+              "slow drift cancels); CPU off/on is the server's CPU time per request (its process tree, from "
+              "/proc, including what it finished after the slice) off over on, a second estimate of the "
+              "throughput ratio on this CPU-bound box that does not depend on how much CPU the server got; with "
+              "wrk's own CPU per request added to both (same work in both modes) it is the ratio of a box that "
+              "runs only them. `--auth off` still audits every read (records with an unauthenticated client), so "
+              "both are the cost of token verification, the PDL policy and filters, and the user attribution; the"
+              " audit log itself is paid in both. The other processes' CPU share is the machine's busy time "
+              "during a slice not spent by the two servers or wrk, over both cores' time (other users of this "
+              "VM); steal is the hypervisor's. Every slice (with the idle server's CPU, the server's cores in "
+              "use, busy / iowait / steal shares, load average) is in the results JSON."]
     return "\n".join(lines) + "\n"
 
 
@@ -559,14 +770,19 @@ def main() -> None:
     ac.add_argument("--connections", type=int, default=16)
     ac.add_argument("--records", type=int, default=2000)
     ac.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--quick", action="store_true", help="300 patients, 3 x 8 s: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="300 patients, 2 repeats x 4 pairs x 5 s slices: a smoke run")
     ap.add_argument("--patients", type=int, default=10_000, help="generated patients (~100 resources each)")
     ap.add_argument("--users", type=int, default=8)
     ap.add_argument("--read-patients", type=int, default=400, help="patients whose resources are read by id")
     ap.add_argument("--values", type=int, default=40, help="concrete values per search query")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--repeats", type=int, help="fresh store copies and server pairs (default 3; quick 2)")
+    ap.add_argument("--pairs", type=int, help="off/on slice pairs per workload and repeat (default 6; quick 4)")
+    ap.add_argument("--slice", "--seconds", dest="seconds", type=float,
+                    help="seconds per wrk slice (default 10; quick 5)")
+    ap.add_argument("--warmup", type=float, help="seconds of warm-up per server and workload (default 5; quick 3)")
+    ap.add_argument("--settle", type=float, default=15,
+                    help="after a slice, at most this many seconds for the server to finish its deferred work")
+    ap.add_argument("--keep-copies", action="store_true", help="keep the last repeat's two store copies")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--workloads", default="read,search")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the raw HTTP read ceiling")
@@ -580,12 +796,20 @@ def main() -> None:
         audit_cost(a)
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds the `with` blocks: servers stop too
+    defaults = {"repeats": 3, "pairs": 6, "seconds": 10.0, "warmup": 5.0}
     if a.quick:
-        a.patients, a.seconds, a.warmup, a.read_patients, a.values = 300, min(a.seconds, 8), 3, 60, 10
+        a.patients, a.read_patients, a.values = 300, 60, 10
+        defaults = {"repeats": 2, "pairs": 4, "seconds": 5.0, "warmup": 3.0}
+    for k, v in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     a.workloads = a.workloads.split(",")
     a.work.mkdir(parents=True, exist_ok=True)
     (a.work / "logs").mkdir(exist_ok=True)
-    res = Results(a.work / f"results-{a.patients}p.json")
+    out = a.work / f"results-{a.patients}p.json"
+    if out.exists():  # the previous run's figures stay beside this run's until the next one
+        out.replace(out.with_suffix(".prev.json"))
+    res = Results(out)
     res.put("code", pin_code(a.code, a.work))
     log(f"code under test: {res.get('code')}")
     res.put("machine", {"cpus": os.cpu_count(), "uname": " ".join(os.uname()), "python": sys.version.split()[0],
@@ -612,18 +836,29 @@ def main() -> None:
     res.put("patients", a.patients)
     res.put("users", len(plan["users"]))
     res.put("patients_treated", len(plan["owner"]))
-    files = {"read": write_lines(a.work, "read", [tuple(x) for x in plan["reads"]]),
-             "search": write_lines(a.work, "search", [(k, p) for k, p, _n in plan["searches"]])}
+    files = {"read": write_lines(a.work, f"read-{a.patients}p", [tuple(x) for x in plan["reads"]]),
+             "search": write_lines(a.work, f"search-{a.patients}p", [(k, p) for k, p, _n in plan["searches"]])}
+    res.put("settings", {k: getattr(a, k) for k in ("repeats", "pairs", "seconds", "warmup", "connections",
+                                                    "workloads")})
+    res.put("method", "per repeat: two store copies, auth-off and auth-on servers both up; per workload"
+            " alternating slices in pairs (ABBA); ratio = on/off req/s of a pair, cpu_ratio = off/on server CPU"
+            " ms per request of a pair; runs[workload.mode] holds every slice")
     runs: dict[str, list[dict[str, Any]]] = {}
+    pairs: dict[str, list[dict[str, Any]]] = {}
+    repeats: list[dict[str, Any]] = []
     probes: dict[str, Any] = {}
     for rep in range(a.repeats):
-        for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
-            log(f"repeat {rep + 1}/{a.repeats}, auth {mode}")
-            figures = run_mode(store, mode, auth, plan, files, a.work, rep, a)
-            probes[mode] = figures.pop("probe")
-            for wl, fig in figures.items():
-                runs.setdefault(f"{wl}.{mode}", []).append(fig)
-            res.put("runs", runs)
+        log(f"repeat {rep + 1}/{a.repeats}")
+        got = run_repeat(store, rep, auth, plan, files, a.work, a)
+        probes = got.pop("probes")
+        for k, v in got.pop("slices").items():
+            runs.setdefault(k, []).extend(v)
+        for k, v in got.pop("pairs").items():
+            pairs.setdefault(k, []).extend(v)
+        repeats.append(got)
+        res.put("runs", runs)
+        res.put("pairs", pairs)
+        res.put("repeats", repeats)
     if "off" in probes and "on" in probes:
         res.put("probes", probes)
         res.put("pdl_enforced", probes["on"].get("outsider_status") == 403)
