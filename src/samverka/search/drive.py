@@ -162,7 +162,7 @@ def choose(db: Fetcher, query: Query, cands: list[Candidate]) -> Choice:
 def _probe(db: Fetcher, c: Candidate, best: int | None, probes: dict[str, int], notes: list[str]) -> tuple[int, int]:
     """(keys counted, the limit they were counted to): no further than the best so far."""
     limit = c.limit if best is None else min(c.limit, best)
-    n = int(db.fetch(f"SELECT count(*) FROM ({c.sql} LIMIT {limit}) p", c.params)[0][0])
+    n = _count(db, c, limit)
     probes[c.name] = n
     if limit < c.limit:
         notes.append(f"{c.name} probed up to {limit} (the best so far)")
@@ -177,7 +177,7 @@ def _second_look(db: Fetcher, query: Query, cands: list[Candidate], probes: dict
     if not wide or (len(query.criteria) < 2 and wide[0].index is not None):
         return None  # one criterion and nothing else: the walk's rows all match
     c = wide[0]
-    n = int(db.fetch(f"SELECT count(*) FROM ({c.sql} LIMIT {WIDE_LIMIT}) p", c.params)[0][0])
+    n = _count(db, c, WIDE_LIMIT)
     probes[f"{c.name} (wide)"] = n
     if n >= WIDE_LIMIT:
         return None
@@ -192,6 +192,33 @@ def _second_look(db: Fetcher, query: Query, cands: list[Candidate], probes: dict
     return c, n
 
 
+def _store(db: Any) -> int:
+    """The store behind a request's wrappers (audit, outbox: each has `inner`), for the caches below."""
+    while hasattr(db, "inner"):
+        db = db.inner
+    return id(db)
+
+
+_COUNTS: dict[tuple[int, str, tuple[Any, ...]], tuple[float, int, int]] = {}  # -> (time, limit, keys)
+_COUNTS_TTL_S = 10.0
+
+
+def _count(db: Fetcher, c: Candidate, limit: int) -> int:
+    """min(keys of `c`, limit), remembered for `_COUNTS_TTL_S` per store and driver: a count only steers which
+    of several plans with the same rows runs, so one a few seconds old does as well (a month of one unit's
+    Encounters, asked again and again, skips two ~0.5 ms probes). A count below its limit answers any limit."""
+    key = (_store(db), c.sql, tuple(c.params))
+    now = time.monotonic()
+    hit = _COUNTS.get(key)
+    if hit is not None and now - hit[0] < _COUNTS_TTL_S and (hit[2] < hit[1] or hit[1] >= limit):
+        return min(hit[2], limit)
+    n = int(db.fetch(f"SELECT count(*) FROM ({c.sql} LIMIT {limit}) p", c.params)[0][0])
+    if len(_COUNTS) > 10_000:
+        _COUNTS.clear()
+    _COUNTS[key] = (now, limit, n)
+    return n
+
+
 _TYPE_ROWS: dict[tuple[int, str], tuple[float, int, int]] = {}  # (store, type) -> (time, cap, rows)
 _TYPE_ROWS_TTL_S = 60.0
 
@@ -199,7 +226,7 @@ _TYPE_ROWS_TTL_S = 60.0
 def _type_rows(db: Fetcher, type_: str, cap: int) -> int:
     """min(rows of `type_`, cap), counted at most once a minute per store and type for a cap it answers: it
     only steers the choice between two plans that return the same rows."""
-    key = (id(db), type_)
+    key = (_store(db), type_)
     now = time.monotonic()
     hit = _TYPE_ROWS.get(key)
     if hit is not None and now - hit[0] < _TYPE_ROWS_TTL_S and (hit[2] < hit[1] or hit[1] >= cap):
