@@ -25,11 +25,13 @@ def test_metadata_lists_the_operations_with_their_definitions(launch_server: Lau
     by_type = {e["type"]: e for e in rest["resource"]}
     assert _ops(by_type["Patient"]) == {
         "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-        "emergency-access": f"{OWN}/Patient-emergency-access", "lift-block": f"{OWN}/Patient-lift-block"}
+        "emergency-access": f"{OWN}/Patient-emergency-access", "lift-block": f"{OWN}/Patient-lift-block",
+        "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}
     assert _ops(by_type["SearchParameter"])["reindex"] == f"{OWN}/SearchParameter-reindex"
     assert {"emergency-access", "lift-block"}.isdisjoint(_ops(by_type["Observation"]))
     assert _ops(rest) == {"validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-                          "reindex": f"{OWN}/reindex", "reindex-status": f"{OWN}/reindex-status"}
+                          "reindex": f"{OWN}/reindex", "reindex-status": f"{OWN}/reindex-status",
+                          "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}
     for entry in [rest, *rest["resource"]]:
         for op in entry.get("operation", []):
             assert op["definition"].startswith(("http://", "https://")) and "/OperationDefinition/" in op["definition"]
