@@ -314,6 +314,20 @@ def test_records_stamped_by_another_provider_need_consent(doctor: httpx.Client) 
     assert _ids(doctor.get("/Observation", params={"patient": "m"}).json()) == []
 
 
+def test_a_remembered_read_decision_follows_a_change_to_the_resource(doctor: httpx.Client,
+                                                                     launch_server: LaunchServer) -> None:
+    """The policy reuses its decision on a resource until any write (auth.pdl.Policy.check): re-stamping an
+    Observation as another provider's record is no write the policy depends on, but must still count."""
+    put_all(launch_server, [observation("a-obs-restamp", "a", "a-enc")])
+    for _ in range(3):  # decided once, then remembered
+        assert doctor.get("/Observation/a-obs-restamp").status_code == 200
+    put_all(launch_server, [{**observation("a-obs-restamp", "a", None), "meta": {"tag": [
+        {"system": RECORDED_AT_PROVIDER, "code": OTHER_PROVIDER}]}}])
+    _forbidden(doctor.get("/Observation/a-obs-restamp"), "another care provider")
+    put_all(launch_server, [observation("a-obs-restamp", "a", "a-enc")])
+    assert doctor.get("/Observation/a-obs-restamp").status_code == 200
+
+
 def test_conditional_interactions_match_only_what_the_user_may_see(doctor: httpx.Client,
                                                                    launch_server: LaunchServer) -> None:
     r = doctor.delete("/Observation", params={"_id": "b-obs"})

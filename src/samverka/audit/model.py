@@ -11,7 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from ..fhir.instant import format_instant, now_us, parse_instant
 
@@ -83,6 +86,11 @@ def who_from_access(access: Any, address: str | None) -> Who:
     """A `Who` from an access context (auth.access.Access; user fields read defensively: absent for modules)."""
     if access is None:
         return Who(address=address)
+    if hasattr(access, "user_hsa_id") and hasattr(access, "emergency_patients"):  # auth.access.Access: read directly
+        return Who(client_id=access.client_id or None, user_id=access.user_hsa_id or None,
+                   user_name=access.user_name or None, role=access.role or None, unit_id=access.care_unit or None,
+                   provider_id=access.care_provider or None, address=address,
+                   emergency_patients=frozenset(access.emergency_patients))
     emergency = _first(access, "emergency", "emergency_access")
     patients = _first(access, "emergency_patients") or ()
     if isinstance(emergency, (set, frozenset, dict, list, tuple)):  # a set of patients rather than a flag
@@ -114,6 +122,16 @@ class Entity:
 
 
 def _agents(who: Who) -> list[dict[str, Any]]:
+    """The agents of every record of `who` (a fresh copy: a record's JSON may be changed before it is stored)."""
+    return orjson.loads(_agents_json(who))
+
+
+@lru_cache(maxsize=4096)
+def _agents_json(who: Who) -> bytes:
+    return orjson.dumps(_build_agents(who))
+
+
+def _build_agents(who: Who) -> list[dict[str, Any]]:
     network = {"address": who.address, "type": "2"} if who.address else None
     agents: list[dict[str, Any]] = []
     if who.user_id or who.user_name:

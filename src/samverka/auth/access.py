@@ -110,6 +110,8 @@ class Access:
     assignment_purpose: str | None = None  # code from sweden.codes.ASSIGNMENT_PURPOSE_SYSTEM
     policy: pdl.Policy | None = None  # a user's Patientdatalagen policy, per request by `attach_pdl` (cached)
     emergency_patients: frozenset[str] = frozenset()  # under emergency access: audited with ETREAT
+    pdl_marker: int | None = None  # the PDL change marker read with the token's revocation check
+    write_mark: int | None = None  # the store's last history seq, read with it (auth.store.token_state)
 
     @property
     def is_user(self) -> bool:
@@ -118,10 +120,7 @@ class Access:
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> Access:
         scope = str(claims.get("scope", ""))
-        try:
-            grants = scopes.parse(scope)
-        except scopes.ScopeError:
-            grants = []
+        grants = list(_grants(scope))
 
         def text(name: str) -> str | None:
             value = claims.get(name)
@@ -162,7 +161,7 @@ class Access:
             raise pdl.denied("PDL: history across patients is not available to users; read the history of one "
                              "resource instead", expression)
         if need.id is not None and repo is not None:
-            self.policy.check(repo, need.type, need.id, expression)
+            self.policy.check(repo, need.type, need.id, expression, self.write_mark)
 
     def _require_scope(self, need: Need, repo: Any, expression: str | None) -> None:
         if need.type == "*":
@@ -223,14 +222,15 @@ class Access:
     def services(self, svc: Services) -> Services:
         """The request's view of the services: every search it runs carries this token's filters."""
         filters = self.search_filters()
-        if self.policy is not None and self.care_unit:
-            svc = dataclasses.replace(svc, recorded_by=(self.care_unit, self.care_provider))
+        changes: dict[str, Any] = {"access_filters": filters} if filters else {}
         if self.policy is not None:
-            svc = dataclasses.replace(svc, write_check=functools.partial(pdl_writes.check_write, self.policy))
-        withheld = self.policy.withheld_filter() if self.policy is not None else None
-        if withheld is not None:
-            svc = dataclasses.replace(svc, withheld_filters=(*self._scope_filters(), withheld))
-        return dataclasses.replace(svc, access_filters=filters) if filters else svc
+            if self.care_unit:
+                changes["recorded_by"] = (self.care_unit, self.care_provider)
+            changes["write_check"] = functools.partial(pdl_writes.check_write, self.policy)
+            withheld = self.policy.withheld_filter()
+            if withheld is not None:
+                changes["withheld_filters"] = (*self._scope_filters(), withheld)
+        return dataclasses.replace(svc, **changes) if changes else svc  # one copy of the services per request
 
     def check_search(self, pairs: Sequence[tuple[str, str]]) -> None:
         """`_has` and typed chains reach into other types: they need search permission there too."""
@@ -294,6 +294,15 @@ class Access:
                 merged.append(next(answered))
         result.resource["entry"] = merged
         return result
+
+
+@functools.lru_cache(maxsize=1024)
+def _grants(scope: str) -> tuple[scopes.Grant, ...]:
+    """A token's grants, parsed once per scope string (Grants are frozen); none for a malformed scope."""
+    try:
+        return tuple(scopes.parse(scope))
+    except scopes.ScopeError:
+        return ()
 
 
 def _entries(body: Any) -> list[Any]:

@@ -118,10 +118,13 @@ class AuthServer:
         if token is None:
             raise unauthorized("the Authorization header must be 'Bearer <access token>'", "invalid_request")
         try:
-            claims = self.verifier.verify(token, self.issuer(request), self.fhir_base(request))
+            claims, (marker, mark) = self.verifier.verify_with_marker(token, self.issuer(request),
+                                                                      self.fhir_base(request))
         except tokens.TokenError as exc:
             raise unauthorized(str(exc)) from exc
-        return Access.from_claims(claims)
+        access = Access.from_claims(claims)
+        access.pdl_marker, access.write_mark = marker, mark
+        return access
 
     async def smart_configuration(self, request: Request) -> Response:
         """https://hl7.org/fhir/smart-app-launch/conformance.html#metadata"""

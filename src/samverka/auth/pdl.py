@@ -96,6 +96,9 @@ def _hsa_ids(repo: Repository, org_ids: Sequence[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+MAX_DECISIONS = 20_000  # instance decisions kept per policy (then forgotten all at once)
+
+
 def _memoized(method: Callable[[Policy], T]) -> Callable[[Policy], T]:
     """A Policy method without arguments, computed once per Policy (kept in its `_memo`)."""
     name = method.__name__
@@ -132,6 +135,9 @@ class Policy:
     # the SQL pieces below depend only on the fields above, which never change once built (pdl_cache builds
     # a new Policy instead): each is composed once per policy, not per request
     _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # (type, id) -> (the store's write mark, the instance check's rows): see `check`
+    _decisions: dict[tuple[str, str], tuple[int, list[tuple[Any, ...]]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     # ----- building -----
 
@@ -282,10 +288,25 @@ class Policy:
             params += bps
         return f"SELECT {cols} FROM resources r WHERE r.type = ? AND r.id = ?", params, bool(blocked), bound
 
-    def check(self, repo: Repository, type_: str, id_: str, expression: str | None = None) -> None:
-        """403 with the reason unless the user may see `type_/id_` (unknown resources pass: 404 later)."""
+    def check(self, repo: Repository, type_: str, id_: str, expression: str | None = None,
+              mark: int | None = None) -> None:
+        """403 with the reason unless the user may see `type_/id_` (unknown resources pass: 404 later).
+
+        `mark`, the store's write mark read with the token (`auth.store.token_state`), lets a SQLite store
+        reuse this policy's decision on the same resource: the decision depends on the policy (rebuilt on
+        every write it depends on) and on the resource's rows, which no write since the mark has changed.
+        SQLite commits writes in `seq` order; PostgreSQL may not, so it always asks."""
         sql, params, blocked, bound = self._instance_sql()
-        rows = repo.fetch(sql, [*params, type_, id_])
+        key = (type_, id_)
+        cached = self._decisions.get(key) if mark is not None and repo.dialect == "sqlite" else None
+        if cached is not None and cached[0] == mark:
+            rows = cached[1]
+        else:
+            rows = repo.fetch(sql, [*params, type_, id_])
+            if mark is not None and repo.dialect == "sqlite":
+                if len(self._decisions) >= MAX_DECISIONS:
+                    self._decisions.clear()
+                self._decisions[key] = (mark, rows)
         if not rows or rows[0][0] is None:
             return
         patient, reachable, other_provider = rows[0][0], rows[0][1], rows[0][2]

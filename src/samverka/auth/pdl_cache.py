@@ -22,6 +22,7 @@ from ..fhir.instant import now_us
 from ..search.params import Registry
 from ..store import Repository
 from .pdl import Policy
+from .store import PDL_MARKER_SQL
 
 MAX_ENTRIES = 4096
 
@@ -32,7 +33,7 @@ Key = tuple[str | None, str | None, str | None, str | None, str | None, int]
 class _Entry:
     repo: Repository
     registry: Registry
-    marker: tuple[tuple[str, int], ...]
+    marker: int
     policy: Policy
 
 
@@ -40,16 +41,18 @@ _entries: OrderedDict[Key, _Entry] = OrderedDict()
 _lock = threading.Lock()
 
 
-def changes(repo: Repository) -> tuple[tuple[str, int], ...]:
-    """The change counters of everything a policy is built from (migration 0013)."""
-    return tuple(sorted((str(n), int(c)) for n, c in repo.fetch("SELECT name, n FROM pdl_changes", ())))
+def changes(repo: Repository) -> int:
+    """The change marker of everything a policy is built from: the sum of the counters of migration 0013."""
+    return int(repo.fetch(PDL_MARKER_SQL, ())[0][0])
 
 
 def policy(repo: Repository, registry: Registry, access: Any, days: int) -> Policy:
     """The user's policy now: the cached one when nothing it depends on changed, else a new one."""
     key: Key = (access.user_hsa_id, access.care_unit, access.care_provider, access.fhir_user,
                 access.practitioner_role, days)
-    marker = changes(repo)  # read before building: a write after it is seen by the next request
+    # read before building (a write after it is seen by the next request); the token check read it already
+    given = getattr(access, "pdl_marker", None)
+    marker = given if given is not None else changes(repo)
     with _lock:
         hit = _entries.get(key)
     if (hit is not None and hit.repo is repo and hit.registry is registry and hit.marker == marker

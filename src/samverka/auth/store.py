@@ -123,11 +123,24 @@ def revoke_token(repo: Repository, jti: str, exp: int) -> None:
 def token_withdrawn(repo: Repository, jti: str, client_id: str, iat: int = 0) -> bool:
     """True when the token was revoked, or its client was revoked or is disabled, or the token was issued
     before the client was last enabled (`iat` < valid_after): one indexed lookup per request."""
+    return token_state(repo, jti, client_id, iat)[0]
+
+
+def token_state(repo: Repository, jti: str, client_id: str, iat: int = 0) -> tuple[bool, int, int]:
+    """(`token_withdrawn`, the Patientdatalagen change marker `auth.pdl_cache.changes` reads, the store's write
+    mark) in one statement: every request with a user's token needs them, and each statement on the event
+    loop is a GIL hand-off. The write mark is the last history `seq`: it moves with every committed write
+    (on SQLite in commit order, which `auth.pdl.Policy.check` relies on to reuse a decision)."""
     rows = repo.fetch("SELECT (SELECT count(*) FROM auth_revoked WHERE jti = ?)"
                       " + (SELECT count(*) FROM auth_clients WHERE client_id = ? AND (revoked IS NOT NULL"
-                      " OR disabled IS NOT NULL OR valid_after > ?))",
-                      (jti, client_id, iat))
-    return bool(rows and rows[0][0])
+                      " OR disabled IS NOT NULL OR valid_after > ?)),"
+                      f" ({PDL_MARKER_SQL}), (SELECT COALESCE(max(seq), 0) FROM history)", (jti, client_id, iat))
+    return bool(rows[0][0]), int(rows[0][1]), int(rows[0][2])
+
+
+# the PDL policies' change marker (migration 0013): triggers only ever add to the counters, so their sum
+# changes with every write a policy depends on
+PDL_MARKER_SQL = "SELECT COALESCE(sum(n), 0) FROM pdl_changes"
 
 
 @dataclass(frozen=True)

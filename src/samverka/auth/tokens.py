@@ -138,6 +138,11 @@ class Verifier:
         self._lock = threading.Lock()
 
     def verify(self, token: str, issuer: str, audience: str) -> dict[str, Any]:
+        return self.verify_with_marker(token, issuer, audience)[0]
+
+    def verify_with_marker(self, token: str, issuer: str, audience: str) -> tuple[dict[str, Any], tuple[int, int]]:
+        """The claims, and (the PDL change marker, the store's write mark) read with the revocation check
+        (`store.token_state`)."""
         with self._lock:
             claims = self._cache.get(token)
             if claims is not None:
@@ -158,9 +163,11 @@ class Verifier:
             raise TokenError("the access token is for another audience")
         if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("client_id"), str):
             raise TokenError("the access token lacks jti or client_id")
-        if store.token_withdrawn(self.keys.repo, claims["jti"], claims["client_id"], int(claims.get("iat") or 0)):
+        withdrawn, marker, mark = store.token_state(self.keys.repo, claims["jti"], claims["client_id"],
+                                                    int(claims.get("iat") or 0))
+        if withdrawn:
             raise TokenError("the access token was revoked")
-        return claims
+        return claims, (marker, mark)
 
     def signed_claims(self, token: str) -> dict[str, Any]:
         """The claims of a token this server signed (expired or not); TokenError otherwise."""
