@@ -150,3 +150,15 @@ def _reopen(old: Services) -> Services:
     repo = open_repository(old.settings.data_dir, old.settings.database)
     live = LiveParams(repo)
     return Services(repo, live.registry(), Validator.default(), old.settings, live)
+
+
+def test_contained_true_is_reported_not_ignored(svc: Services) -> None:
+    from samverka.interactions import search
+
+    with pytest.raises(FhirError, match="_contained"):
+        search.search(svc, "http://x/fhir", "Patient", [("_contained", "true")], strict=True)
+    bundle = search.search(svc, "http://x/fhir", "Patient", [("_contained", "both")]).resource
+    assert bundle is not None
+    [outcome] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome["issue"][0]["expression"] == ["_contained"]
+    assert ids(svc, [("_contained", "false")]) == {"karin", "asa", "pct"}

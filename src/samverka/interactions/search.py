@@ -27,6 +27,8 @@ def search(svc: Services, base: str, type_: str | None, pairs: list[tuple[str, s
     if type_ is not None:
         check_type(type_)
     query = svc.parse_query(type_, pairs)
+    if _last(query.result, "_contained", "false") != "false":  # contained resources are not indexed
+        query.unknown.append("_contained")
     if query.unknown and strict:
         raise invalid(f"unknown or unsupported search parameter(s): {', '.join(query.unknown)}",
                       query.unknown[0], "not-supported")
