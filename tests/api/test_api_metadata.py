@@ -19,7 +19,7 @@ R4_RESOURCES = Path("/work/shared/fhir-r4/profiles-resources.json")
 SERVED_TYPE_INTERACTIONS = {"read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                             "create", "search-type"}
 SAMPLE_VALUES = {"token": "x", "string": "x", "date": "2020", "reference": "Patient/x", "number": "1",
-                 "quantity": "1", "uri": "http://example.org/x", "composite": "x$2020", "special": "x"}
+                 "quantity": "1", "uri": "http://example.org/x", "composite": "x$2020", "special": "59.85|17.64|5|km"}
 
 
 @cache
@@ -108,7 +108,7 @@ def test_claimed_interactions_are_served(server: RunningServer, capability: dict
 
 
 @pytest.mark.parametrize("type_", ["Patient", "Observation", "Encounter", "Condition", "MedicationRequest",
-                                   "Practitioner", "Organization"])
+                                   "Practitioner", "Organization", "Location"])
 def test_claimed_search_parameters_are_accepted(server: RunningServer, capability: dict[str, Any],
                                                 type_: str) -> None:
     """Every search parameter listed for a type is accepted by a strict search (no 400 'unknown')."""
