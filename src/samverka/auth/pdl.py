@@ -46,9 +46,8 @@ from ..search.sql import exists_sql
 from ..store import Repository
 from ..store.hashing import h64
 from ..sweden.identifiers import HSA_ID_ALIASES
-from . import pdl_encounters, pdl_grants
+from . import pdl_grants
 from .pdl_consent import active_consents
-from .pdl_encounters import Encounters
 
 Filter = tuple[str, Sequence[Any]]
 OPEN_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave"
@@ -131,7 +130,6 @@ class Policy:
     registry: Registry
     provider_hsa: str | None = None
     reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
-    encounters: Encounters | None = None  # their Encounters, decided for "another care provider" once
     notes: list[str] = field(default_factory=list)
     valid_until: int | None = None  # µs: the first instant the policy may change without a write (pdl_cache)
     # the SQL pieces below depend only on the fields above, which never change once built (pdl_cache builds
@@ -172,11 +170,9 @@ class Policy:
         rows = repo.fetch(f"SELECT DISTINCT z.compartment FROM ({relationship[0]}) z LIMIT {MAX_BOUND + 1}",
                           relationship[1])
         reachable = frozenset(str(r[0]) for r in rows) if len(rows) <= MAX_BOUND else None
-        encounters = (pdl_encounters.read(repo, registry, reachable | grants.emergency, _refs(provider_orgs))
-                      if reachable is not None else None)
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
                    grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider,
-                   reachable, encounters, valid_until=min(bounds, default=None))
+                   reachable, valid_until=min(bounds, default=None))
 
     # ----- "recorded at" -----
 
@@ -189,10 +185,9 @@ class Policy:
             params += ps
         return " AND ".join(conds), params
 
-    def _recorded(self, cond: str, values: Sequence[Any], tags: Filter, known: Encounters | None = None) -> Filter:
+    def _recorded(self, cond: str, values: Sequence[Any], tags: Filter) -> Filter:
         """Rows (other than Patients) recorded at an organisation: stamped with one of `tags`, or linked to
-        one whose reference hash satisfies `y.ref {cond}` (see the module docstring). `known`: the policy's
-        Encounters already decided for `cond` (auth.pdl_encounters), looked up instead of followed."""
+        one whose reference hash satisfies `y.ref {cond}` (see the module docstring)."""
         reg = self.registry
         sp = reg.get("Encounter", "service-provider")
         eoc = reg.get("EpisodeOfCare", "organization")
@@ -200,29 +195,17 @@ class Policy:
         links = sorted({p.id for t in _types() for p in reg.for_type(t)
                         if p.type == "reference" and p.code in ("encounter", "context") and t != "Encounter"})
         z = cond.replace("y.ref", "z.ref")
-        own = f"EXISTS (SELECT 1 FROM idx_reference y WHERE y.res = r.pk AND y.param = ? AND {cond})"
-        # from a reference row to the Encounter it names (CROSS JOIN keeps that order on SQLite, which
-        # otherwise scanned every Encounter per row)
-        follow = (f"EXISTS (SELECT 1 FROM resources e WHERE e.ref = w.ref AND e.type = 'Encounter' AND e.deleted = 0"
-                  f" AND EXISTS (SELECT 1 FROM idx_reference z WHERE z.res = e.pk AND z.param = ? AND {z}))")
-        if known is None:
-            enc_sql, enc_ps = own, [sp.id, *values]
-            link_sql = (f"EXISTS (SELECT 1 FROM idx_reference w CROSS JOIN resources e WHERE e.ref = w.ref"
-                        f" AND w.res = r.pk AND w.param IN ({_marks(links)}) AND e.type = 'Encounter'"
-                        f" AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z WHERE z.res = e.pk"
-                        f" AND z.param = ? AND {z}))")
-            link_ps: list[Any] = [*links, sp.id, *values]
-        else:
-            enc_sql, enc_ps = pdl_encounters.linked(known, "r.ref", own, [sp.id, *values])
-            cond_w, ps_w = pdl_encounters.linked(known, "w.ref", follow, [sp.id, *values])
-            link_sql = (f"EXISTS (SELECT 1 FROM idx_reference w WHERE w.res = r.pk AND w.param IN ({_marks(links)})"
-                        f" AND {cond_w})")
-            link_ps = [*links, *ps_w]
-        sql = (f"((r.type = 'Encounter' AND {enc_sql}) OR (r.type = 'EpisodeOfCare' AND EXISTS (SELECT 1"
-               f" FROM idx_reference y WHERE y.res = r.pk AND y.param = ? AND {cond})) OR {link_sql})")
+        sql = (f"((r.type = 'Encounter' AND EXISTS (SELECT 1 FROM idx_reference y WHERE y.res = r.pk AND y.param = ?"
+               f" AND {cond})) OR (r.type = 'EpisodeOfCare' AND EXISTS (SELECT 1 FROM idx_reference y"
+               f" WHERE y.res = r.pk AND y.param = ? AND {cond})) OR EXISTS (SELECT 1 FROM idx_reference w"
+               # from this row's reference rows to the Encounters they name (CROSS JOIN keeps that order on
+               # SQLite, which otherwise scanned every Encounter per row)
+               f" CROSS JOIN resources e WHERE e.ref = w.ref AND w.res = r.pk AND w.param IN ({_marks(links)})"
+               f" AND e.type = 'Encounter' AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z"
+               f" WHERE z.res = e.pk AND z.param = ? AND {z})))")
         tag_sql, tag_params = tags
         return (f"(r.type <> 'Patient' AND ({sql} OR ({tag_sql})))",
-                [*enc_ps, eoc.id, *values, *link_ps, *tag_params])
+                [sp.id, *values, eoc.id, *values, *links, sp.id, *values, *tag_params])
 
     @_memoized
     def _blocked(self) -> Filter:
@@ -245,7 +228,7 @@ class Policy:
         if self.provider_hsa:
             stamped.append(("_tag:not", f"{RECORDED_AT_PROVIDER}|{self.provider_hsa}"))
         cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs,
-                                  self._tags(stamped), self.encounters)
+                                  self._tags(stamped))
         allowed = sorted(self.permitted | self.emergency)
         if allowed:
             return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]
