@@ -113,7 +113,7 @@ def test_a_page_written_by_a_dead_runner_is_cut_off_when_the_job_is_taken_over(s
     # the runner appends its next page to the file and dies before committing the progress
     # (longer than everything that follows it, so only cutting the file removes it)
     junk = b'{"resourceType":"Observation","id":"o3","note":[{"text":"' + b"x" * 50_000 + b'"}]}'
-    export_run._append(svc, job, "output", "Observation", [(junk, "p3"), (junk, "p4")])
+    export_run._append(svc, job, "output", "Observation", [junk, junk])
     name = job.state["file"]
     assert (export_run.folder(svc, job_id) / name).read_bytes().count(b"\n") == 5
     with svc.repo.transaction() as uow:  # as a runner in a process that has exited leaves it

@@ -314,7 +314,8 @@ class FhirApi:
                     return False
                 return True
 
-            body = await self._body(request) if method == "POST" and await request.body() else None
+            raw = await read_body(request, svc.settings.max_body_bytes) if method == "POST" else b""
+            body = parse_body(raw, request.headers.get("content-type", JSON)) if raw else None
             redact = access is not None and access.is_user and not pdl_identity.may_see(self.svc.repo,
                                                                                        access.practitioner_role)
             return export.kick_off(svc, base, str(request.url), parts[1] if n == 3 else None, n == 2, pairs, body,

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from ..errors import Category, FhirError, to_outcome
-from ..fhir.definitions import compartment_definition
+from ..fhir.definitions import patient_compartment_types
 from ..interactions.context import Result, Services
 from ..store import Repository
 from .model import SYSTEM_HSA_ID, Entity, Who, event, who_from_access
@@ -25,11 +24,7 @@ __all__ = ["Auditor", "Who", "classify", "reach", "who_from_access"]
 WRITES = frozenset({"create", "update", "patch", "delete"})
 
 
-@lru_cache(maxsize=1)
-def patient_types() -> frozenset[str]:
-    """Resource types that can hold patient data: Patient and every type in its compartment."""
-    codes = {r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param")}
-    return frozenset(codes | {"Patient"})
+patient_types = patient_compartment_types  # resource types that can hold patient data
 
 
 def classify(method: str, parts: Sequence[str]) -> str | None:

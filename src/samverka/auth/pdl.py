@@ -35,7 +35,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from ..errors import Category, FhirError, Issue
-from ..fhir.definitions import compartment_definition
+from ..fhir.definitions import compartment_definition, patient_compartment_types
 from ..fhir.instant import now_us
 from ..interactions.context import RECORDED_AT_PROVIDER, RECORDED_AT_UNIT
 from ..search.engine import matching_ids
@@ -60,9 +60,7 @@ def denied(message: str, expression: str | None = None, code: str = "forbidden")
     return FhirError(Category.FORBIDDEN, [Issue("error", code, message, expression)])
 
 
-def patient_types() -> frozenset[str]:
-    """The types of the R4 Patient compartment, and Patient."""
-    return frozenset([*_types(), "Patient"])
+patient_types = patient_compartment_types  # the types of the R4 Patient compartment, and Patient
 
 
 def _org_ids(repo: Repository, registry: Registry, pairs: list[tuple[str, str]]) -> list[str]:

@@ -82,3 +82,10 @@ def compartment_definition(code: str) -> dict[str, Any]:
         if cd.get("code") == code:
             return cd
     raise KeyError(code)
+
+
+@cache
+def patient_compartment_types() -> frozenset[str]:
+    """Patient and every type of the R4 Patient compartment (the types that can hold patient data)."""
+    codes = {r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param")}
+    return frozenset(codes | {"Patient"})

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from ..errors import Category, FhirError, invalid, not_found
-from ..fhir.definitions import compartment_definition, resource_types
+from ..fhir.definitions import patient_compartment_types, resource_types
 from ..fhir.instant import format_instant, now_us, parse_instant
 from ..search.query import split_values
 from . import export_run
@@ -38,10 +38,6 @@ FILE = "$export-file"
 Allowed = Callable[[str, bool], bool]
 
 
-def patient_types() -> list[str]:
-    """Patient and the types of its compartment (R4 CompartmentDefinition), the reach of a patient-level export."""
-    codes = {r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param")}
-    return sorted(codes | {"Patient"})
 
 
 def kick_off(svc: Services, base: str, request_url: str, group: str | None, patient_level: bool,
@@ -76,7 +72,8 @@ def record(svc: Services, base: str, request_url: str, group: str | None, patien
     if fmt not in FORMATS:
         raise invalid(f"_outputFormat {fmt!r} is not supported; use application/fhir+ndjson", "_outputFormat")
     since = _since(values["_since"])
-    level_types = patient_types() if group is not None or patient_level else None
+    # a patient-level export reaches Patient and the types of its compartment
+    level_types = sorted(patient_compartment_types()) if group is not None or patient_level else None
     named = [t for raw in values["_type"] for t in raw.split(",") if t.strip()]
     for t in named:
         if t not in resource_types():

@@ -155,8 +155,7 @@ def step(svc: Services, job: Job, page: int = PAGE) -> Job:
     versions = pg.versions if st["phase"] == "current" else _as_of(svc.repo, pg.versions, spec)
     names = _element_names(spec["elements"], type_)
     redact = bool(spec.get("redact")) and type_ == "Patient"
-    lines = [(_line(v, names, redact), v.compartment) for v in versions]
-    _append(svc, job, "output", type_, lines)
+    written = _append(svc, job, "output", type_, [_line(v, names, redact) for v in versions])
     st["cursor"] = pg.last_key
     if not pg.more:
         st["cursor"] = None
@@ -168,7 +167,7 @@ def step(svc: Services, job: Job, page: int = PAGE) -> Job:
             st["phase"], st["query"] = "deleted", 0
         else:
             _next_type(st)
-    return _save(svc.repo, job, [(v.compartment, st.get("last_file")) for v in versions])
+    return _save(svc.repo, job, written, [v.compartment for v in versions])
 
 
 def _plan(svc: Services, spec: dict[str, Any], type_: str, queries: list[list[list[str]]], i: int,
@@ -232,14 +231,15 @@ def _deleted_page(svc: Services, job: Job, type_: str, page: int) -> Job:
     params = [type_, spec["since"], spec["at"], st["cursor"] or 0, *(p for _s, ps in spec["filters"] for p in ps)]
     rows = svc.repo.fetch(f"SELECT r.pk, r.id, r.compartment FROM resources r WHERE {' AND '.join(conds)}"
                           " ORDER BY r.pk LIMIT ?", [*params, page])
+    written = None
     if rows:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"request": {"method": "DELETE", "url": f"{type_}/{r[1]}"}} for r in rows]}
-        _append(svc, job, "deleted", type_, [(orjson.dumps(bundle), None)])
+        written = _append(svc, job, "deleted", type_, [orjson.dumps(bundle)])
         st["cursor"] = int(rows[-1][0])
     if len(rows) < page:
         _next_type(st)
-    return _save(svc.repo, job, [(r[2], st.get("last_file")) for r in rows])
+    return _save(svc.repo, job, written, [r[2] for r in rows])
 
 
 def _next_type(st: dict[str, Any]) -> None:
@@ -255,12 +255,12 @@ def _close(st: dict[str, Any]) -> None:
     st.update(file=None, kind=None, lines=0, offset=0)
 
 
-def _append(svc: Services, job: Job, kind: str, type_: str, lines: list[tuple[bytes, str | None]]) -> None:
-    """Append `lines` to the current file (opening the type's next file when needed) and make them durable."""
+def _append(svc: Services, job: Job, kind: str, type_: str, lines: list[bytes]) -> str | None:
+    """Append `lines` to the current file (opening the type's next file when needed) and make them durable;
+    the file they went to (None when there were none)."""
     st = job.state
-    st["last_file"] = None
     if not lines:
-        return
+        return None
     if st["file"] is not None and (st["kind"] != kind or st["file_type"] != type_):
         _close(st)
     if st["file"] is None:
@@ -270,7 +270,7 @@ def _append(svc: Services, job: Job, kind: str, type_: str, lines: list[tuple[by
         st.update(file=f"{type_}{suffix}-{st['parts'][key]}.ndjson", kind=kind, file_type=type_, lines=0, offset=0)
     path = folder(svc, job.id) / st["file"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(line + b"\n" for line, _p in lines)
+    data = b"".join(line + b"\n" for line in lines)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.ftruncate(fd, st["offset"])  # a page a dead runner wrote but never committed goes
@@ -281,24 +281,26 @@ def _append(svc: Services, job: Job, kind: str, type_: str, lines: list[tuple[by
         os.fsync(fd)
     finally:
         os.close(fd)
-    st["last_file"] = st["file"]
+    name = str(st["file"])
     st["offset"] += len(data)
     st["lines"] += len(lines)
     st["written"] += len(lines) if kind == "output" else 0
     if st["lines"] >= FILE_LINES:
         _close(st)
+    return name
 
 
-def _save(repo: Repository, job: Job, patients: list[tuple[str | None, str | None]]) -> Job:
-    """Commit the progress and the page's patients; a runner that lost the job stops (its page is cut later)."""
+def _save(repo: Repository, job: Job, file: str | None, patients: list[str | None]) -> Job:
+    """Commit the progress and the patients of the page written to `file`; a runner that lost the job stops
+    (its page is cut later)."""
     with repo.transaction() as uow:
         _owned(uow, job, "UPDATE export_jobs SET state = ?, heartbeat = ? WHERE id = ? AND runner = ?"
                          " AND status = 'running' RETURNING id", (orjson.dumps(job.state).decode(), now_us()))
-        seen = sorted({(f, p) for p, f in patients if p and f})
+        seen = sorted({p for p in patients if p}) if file else []
         if seen:
             uow.execute("INSERT INTO export_patients (job, file, patient) VALUES "
                         + ", ".join("(?, ?, ?)" for _ in seen) + " ON CONFLICT DO NOTHING",
-                        [x for f, p in seen for x in (job.id, f, p)])
+                        [x for p in seen for x in (job.id, file, p)])
     return job
 
 
@@ -313,10 +315,10 @@ def _finish(svc: Services, job: Job) -> Job:
     _close(st)
     notes = job.spec.get("notes") or []
     if notes:
-        _append(svc, job, "error", "OperationOutcome", [(orjson.dumps({
+        _append(svc, job, "error", "OperationOutcome", [orjson.dumps({
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "information" if "spärr" in n else "warning",
-                       "code": "suppressed" if "spärr" in n else "not-supported", "diagnostics": n}]}), None)
+                       "code": "suppressed" if "spärr" in n else "not-supported", "diagnostics": n}]})
             for n in notes])
         _close(st)
     with svc.repo.transaction() as uow:
