@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import orjson
 import pytest
 from authkit import fresh_key
 from loginkit import LaunchServer
@@ -187,6 +188,22 @@ def test_a_users_export_holds_exactly_what_the_users_searches_show(doctor: httpx
     assert {"Observation/x-k-obs-own", "Observation/x-n-obs-own", "Observation/x-n-obs-priv"} <= ids
     assert not {"Observation/x-k-obs-priv", "Encounter/x-k-priv"} & ids
     assert "Encounter/x-n-priv" in ids
+
+
+def test_a_users_job_stores_filters_that_name_nothing_of_the_process(doctor_export: Export,
+                                                                     launch_server: LaunchServer) -> None:
+    """Searches bind the care-relationship set by a key valid in one process (store.member); a job's filters
+    are stored and run by whichever process takes the job over, so they hold the patients themselves."""
+    flag, where = launch_server.auth.store_args
+    repo = open_repository(where, None) if flag == "--data-dir" else open_repository(None, where)
+    try:
+        job = doctor_export.status_url.rstrip("/").split("/")[-1]
+        spec = orjson.loads(repo.fetch("SELECT spec FROM export_jobs WHERE id = ?", (job,))[0][0])
+    finally:
+        repo.close()
+    sql = " ".join(cond for cond, _ps in spec["filters"])
+    assert "samverka_member" not in sql and "ANY(" not in sql
+    assert "x-a" in {p for _cond, ps in spec["filters"] for p in ps}  # the patient with a care relationship
 
 
 def test_a_spaerr_is_said_in_the_error_file_never_shown(doctor_export: Export) -> None:

@@ -8,6 +8,7 @@ cores comes from `--workers`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -318,6 +319,8 @@ class FhirApi:
             body = parse_body(raw, request.headers.get("content-type", JSON)) if raw else None
             redact = access is not None and access.is_user and not pdl_identity.may_see(self.svc.repo,
                                                                                        access.practitioner_role)
+            if access is not None:  # the job stores its filters: nothing that lives only in this process
+                svc = dataclasses.replace(svc, access_filters=access.search_filters(portable=True))
             return export.kick_off(svc, base, str(request.url), parts[1] if n == 3 else None, n == 2, pairs, body,
                                    prefer, owner, allowed, redact)
         if parts[0] == export.STATUS and n == 2 and method in ("GET", "HEAD"):

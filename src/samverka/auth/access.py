@@ -184,10 +184,13 @@ class Access:
             if rows and rows[0][0] != self.patient:
                 raise forbidden(f"{need.type}/{need.id} is outside the patient compartment of this token", expression)
 
-    def search_filters(self) -> tuple[Filter, ...]:
-        """Conditions on `r`: what the scopes allow, and what Patientdatalagen allows a user (auth.pdl)."""
+    def search_filters(self, portable: bool = False) -> tuple[Filter, ...]:
+        """Conditions on `r`: what the scopes allow, and what Patientdatalagen allows a user (auth.pdl).
+        `portable`: conditions that stay valid outside this request and process (a Bulk Data job's)."""
         own = self._scope_filters()
-        return own if self.policy is None else (*own, self.policy.search_filter())
+        if self.policy is None:
+            return own
+        return (*own, self.policy.portable_search_filter() if portable else self.policy.search_filter())
 
     def _scope_filters(self) -> tuple[Filter, ...]:
         """One condition on `r`: the types this token may search (and, for patient grants, the compartment)."""

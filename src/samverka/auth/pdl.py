@@ -43,7 +43,7 @@ from ..search.params import Registry
 from ..search.plan import build, driven_by
 from ..search.query import parse
 from ..search.sql import exists_sql
-from ..store import Repository
+from ..store import Repository, member
 from ..store.hashing import h64
 from ..sweden.identifiers import HSA_ID_ALIASES
 from . import pdl_grants
@@ -127,6 +127,7 @@ class Policy:
     permitted: frozenset[str]  # patients whose consent lets this unit / provider read other providers' data
     registry: Registry
     provider_hsa: str | None = None
+    dialect: str = "sqlite"  # the store's (store.member binds the relationship set per dialect)
     reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
     notes: list[str] = field(default_factory=list)
     valid_until: int | None = None  # µs: the first instant the policy may change without a write (pdl_cache)
@@ -170,7 +171,7 @@ class Policy:
         reachable = frozenset(str(r[0]) for r in rows) if len(rows) <= MAX_BOUND else None
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
                    grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider,
-                   reachable, valid_until=min(bounds, default=None))
+                   repo.dialect, reachable, valid_until=min(bounds, default=None))
 
     # ----- "recorded at" -----
 
@@ -232,34 +233,47 @@ class Policy:
             return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]
         return cond, ps
 
-    @_memoized
-    def _reachable(self) -> Filter:
+    def _reach(self, portable: bool) -> Filter:
         """The patients the user may reach at all: a care relationship or an emergency access.
 
-        The relationship set is read once per request (`reachable_ids`) and bound as a list when it is
-        small enough; a larger one stays a subquery (SQLite re-scanned it slower than a bound list)."""
+        The relationship set is read once per policy (`reachable_ids`) and, when small enough, bound as
+        one set (`store.member`: a bound IN list of ~800 patients was rebuilt as a temporary index by
+        SQLite on every statement); a larger one stays a subquery."""
         if self.reachable_ids is not None:
-            ids = sorted(self.reachable_ids | self.emergency)
-            return (f"r.compartment IN ({_marks(ids)})", ids) if ids else ("1 = 0", [])
+            return member.condition(self.dialect, "r.compartment", self.reachable_ids | self.emergency, self,
+                                    portable)
         sql, ps = self.relationship
         em = sorted(self.emergency)
         if em:
             return f"(r.compartment IN ({sql}) OR r.compartment IN ({_marks(em)}))", [*ps, *em]
         return f"r.compartment IN ({sql})", ps
 
-    # ----- what the request layer uses -----
-
     @_memoized
-    def search_filter(self) -> Filter:
-        reach, ps = self._reachable()
+    def _reachable(self) -> Filter:
+        return self._reach(False)
+
+    def _compose(self, reach: Filter) -> Filter:
+        sql_reach, ps = reach
         other, ops = self._other_provider()
-        sql = f"(r.compartment IS NULL OR ({reach} AND NOT {other}"
+        sql = f"(r.compartment IS NULL OR ({sql_reach} AND NOT {other}"
         params = [*ps, *ops]
         blocked, bps = self._blocked()
         if blocked:
             sql += f" AND NOT ({blocked})"
             params += bps
         return sql + "))", tuple(params)  # a tuple: the memo is shared by every request of the policy
+
+    # ----- what the request layer uses -----
+
+    @_memoized
+    def search_filter(self) -> Filter:
+        """Valid while this policy lives (its relationship set may be bound by key: `store.member`)."""
+        return self._compose(self._reachable())
+
+    @_memoized
+    def portable_search_filter(self) -> Filter:
+        """The same condition with nothing of this process in it: for what is stored (Bulk Data jobs)."""
+        return self._compose(self._reach(True))
 
     @_memoized
     def withheld_filter(self) -> Filter | None:

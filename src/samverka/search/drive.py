@@ -207,7 +207,7 @@ def _count(db: Fetcher, c: Candidate, limit: int) -> int:
     """min(keys of `c`, limit), remembered for `_COUNTS_TTL_S` per store and driver: a count only steers which
     of several plans with the same rows runs, so one a few seconds old does as well (a month of one unit's
     Encounters, asked again and again, skips two ~0.5 ms probes). A count below its limit answers any limit."""
-    key = (_store(db), c.sql, tuple(c.params))
+    key = (_store(db), c.sql, tuple(tuple(p) if isinstance(p, list) else p for p in c.params))  # PG arrays
     now = time.monotonic()
     hit = _COUNTS.get(key)
     if hit is not None and now - hit[0] < _COUNTS_TTL_S and (hit[2] < hit[1] or hit[1] >= limit):

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import Category, FhirError
 from ..fhir.instant import format_instant
 from ..fhir.text import content_text, narrative_text
-from . import integrity
+from . import integrity, member
 from .base import Current, Dialect, Head, HistoryEntry, HistoryQuery, IndexRows, Version, Write
 from .hashing import h64
 from .schema import (
@@ -52,6 +52,8 @@ def connect(path: Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
     # `_content` and `_text` match against these (fhir.text; PostgreSQL has SQL functions of the same names)
     conn.create_function("samverka_content", 1, content_text, deterministic=True)
     conn.create_function("samverka_narrative", 1, narrative_text, deterministic=True)
+    # sets bound by key instead of as long IN lists (store.member: the PDL care-relationship set)
+    conn.create_function("samverka_member", 2, member.member, deterministic=True)
     return conn
 
 
