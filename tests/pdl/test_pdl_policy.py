@@ -7,7 +7,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pdlkit import DOCTOR, ORTO, VC, consent, encounter, observation, org, patient
+from pdlkit import (
+    DOCTOR,
+    ORTO,
+    OTHER_PROVIDER,
+    OTHER_UNIT,
+    RECORDED_AT_PROVIDER,
+    VC,
+    consent,
+    encounter,
+    observation,
+    org,
+    patient,
+)
 
 from samverka.auth.access import Access
 from samverka.config import Settings
@@ -57,3 +69,47 @@ def test_bound_and_subquery_relationship_filters_agree(repo: Repository) -> None
                                    ("Encounter", [("_total", "accurate")], ["a-enc", "g-own"])]:
         assert _ids(bound, type_, pairs) == expected
         assert _ids(subquery, type_, pairs) == expected
+
+
+def _put(svc: Services, resources: list[dict[str, Any]]) -> None:
+    entries = [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in resources]
+    transaction.transaction(svc, "http://x/fhir", {"resourceType": "Bundle", "type": "transaction",
+                                                   "entry": entries}, False)
+
+
+def _doctor(svc: Services) -> Access:
+    access = Access.from_claims({"client_id": "c", "scope": "user/*.rs", "user_hsa_id": DOCTOR.id,
+                                 "fhirUser": f"Practitioner/{DOCTOR.id}", "care_unit": VC.id,
+                                 "care_provider": build_region().provider_id,
+                                 "practitioner_role": f"PractitionerRole/{DOCTOR.role_id}"})
+    access.attach_pdl(svc)
+    return access
+
+
+def test_without_other_providers_organisations_the_stamps_alone_decide_until_one_is_written(
+        repo: Repository) -> None:
+    """`Policy.foreign_orgs`: while no Encounter or EpisodeOfCare names another provider's organisation, the
+    policy skips the walk from each row to its Encounter's service provider; the next policy after such a
+    write walks again, so another provider's Encounter and what is recorded under it are hidden at once."""
+    svc = _services(repo)
+    other = {"resourceType": "Organization", "id": OTHER_UNIT, "name": "Privat klinik",
+             "identifier": [{"system": "urn:oid:1.2.752.29.4.19", "value": OTHER_UNIT}]}
+    stamped = {**observation("s-obs-stamped", "s", None), "meta": {"tag": [
+        {"system": RECORDED_AT_PROVIDER, "code": OTHER_PROVIDER}]}}
+    _put(svc, [*[e["resource"] for e in build_region().bundle["entry"]], other,
+               patient("s"), encounter("s-enc", "s", VC.id), observation("s-obs", "s", "s-enc"), stamped])
+    first = _doctor(svc)
+    assert first.policy is not None and first.policy.foreign_orgs is False
+    walked = dataclasses.replace(first.policy, foreign_orgs=True, _memo={})
+    fast, full = first.services(svc), dataclasses.replace(first, policy=walked).services(svc)
+    assert "idx_reference w" not in fast.access_filters[-1][0] and "idx_reference w" in full.access_filters[-1][0]
+    for view in (fast, full):  # the same answers either way; another provider's stamp still hides its row
+        assert _ids(view, "Observation", [("patient", "s")]) == ["s-obs"]
+        assert _ids(view, "Encounter", [("patient", "s")]) == ["s-enc"]
+    _put(svc, [encounter("s-enc-private", "s", OTHER_UNIT), observation("s-obs-private", "s", "s-enc-private")])
+    second = _doctor(svc)
+    assert second.policy is not None and second.policy.foreign_orgs is True
+    view = second.services(svc)
+    assert _ids(view, "Observation", [("patient", "s")]) == ["s-obs"]
+    assert _ids(view, "Encounter", [("patient", "s")]) == ["s-enc"]

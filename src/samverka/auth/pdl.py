@@ -128,6 +128,9 @@ class Policy:
     registry: Registry
     provider_hsa: str | None = None
     dialect: str = "sqlite"  # the store's (store.member binds the relationship set per dialect)
+    # whether any Encounter or EpisodeOfCare names an organisation outside the user's care provider: when
+    # none does, only the recorded-at stamps can make a row another provider's (`_other_provider`)
+    foreign_orgs: bool = True
     reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
     notes: list[str] = field(default_factory=list)
     valid_until: int | None = None  # µs: the first instant the policy may change without a write (pdl_cache)
@@ -171,7 +174,8 @@ class Policy:
         reachable = frozenset(str(r[0]) for r in rows) if len(rows) <= MAX_BOUND else None
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
                    grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider,
-                   repo.dialect, reachable, valid_until=min(bounds, default=None))
+                   repo.dialect, _foreign_orgs(repo, registry, _refs(provider_orgs)), reachable,
+                   valid_until=min(bounds, default=None))
 
     # ----- "recorded at" -----
 
@@ -184,9 +188,13 @@ class Policy:
             params += ps
         return " AND ".join(conds), params
 
-    def _recorded(self, cond: str, values: Sequence[Any], tags: Filter) -> Filter:
+    def _recorded(self, cond: str, values: Sequence[Any], tags: Filter, orgs: bool = True) -> Filter:
         """Rows (other than Patients) recorded at an organisation: stamped with one of `tags`, or linked to
-        one whose reference hash satisfies `y.ref {cond}` (see the module docstring)."""
+        one whose reference hash satisfies `y.ref {cond}` (see the module docstring); without `orgs`, only
+        the stamps are looked at (no organisation reference can satisfy `cond`)."""
+        tag_sql, tag_params = tags
+        if not orgs:
+            return f"(r.type <> 'Patient' AND ({tag_sql}))", list(tag_params)
         reg = self.registry
         sp = reg.get("Encounter", "service-provider")
         eoc = reg.get("EpisodeOfCare", "organization")
@@ -202,7 +210,6 @@ class Policy:
                f" CROSS JOIN resources e WHERE e.ref = w.ref AND w.res = r.pk AND w.param IN ({_marks(links)})"
                f" AND e.type = 'Encounter' AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z"
                f" WHERE z.res = e.pk AND z.param = ? AND {z})))")
-        tag_sql, tag_params = tags
         return (f"(r.type <> 'Patient' AND ({sql} OR ({tag_sql})))",
                 [sp.id, *values, eoc.id, *values, *links, sp.id, *values, *tag_params])
 
@@ -226,8 +233,11 @@ class Policy:
         stamped = [("_tag", f"{RECORDED_AT_PROVIDER}|")]
         if self.provider_hsa:
             stamped.append(("_tag:not", f"{RECORDED_AT_PROVIDER}|{self.provider_hsa}"))
+        # with no organisation of another provider named by any Encounter or EpisodeOfCare, the per-row walk
+        # from each row to its Encounter's service provider (three index lookups) could never match; the
+        # policy is rebuilt on any write of those types (pdl_cache), so this holds while the policy is used
         cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs,
-                                  self._tags(stamped))
+                                  self._tags(stamped), orgs=self.foreign_orgs)
         allowed = sorted(self.permitted | self.emergency)
         if allowed:
             return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]
@@ -335,6 +345,24 @@ class Policy:
         if other_provider:
             raise denied(f"PDL: {type_}/{id_} was recorded by another care provider; reading it needs "
                          f"Patient/{patient}'s consent (sammanhållen journalföring) or an emergency access", expression)
+
+
+def _foreign_orgs(repo: Repository, registry: Registry, own: Sequence[int]) -> bool:
+    """Whether any Encounter's service provider or EpisodeOfCare's managing organisation is a reference
+    other than `own` (the provider's and its units' reference hashes): one index seek per gap between them."""
+    conds, params = [], []
+    bounds = sorted(set(own))
+    for p in (registry.get("Encounter", "service-provider"), registry.get("EpisodeOfCare", "organization")):
+        assert p is not None
+        for lo, hi in zip([None, *bounds], [*bounds, None], strict=True):
+            where, ps = "param = ?", [p.id]
+            if lo is not None:
+                where, ps = where + " AND ref > ?", [*ps, lo]
+            if hi is not None:
+                where, ps = where + " AND ref < ?", [*ps, hi]
+            conds.append(f"EXISTS (SELECT 1 FROM idx_reference WHERE {where})")
+            params += ps
+    return bool(repo.fetch(f"SELECT {' OR '.join(conds)}", params)[0][0])
 
 
 @cache
