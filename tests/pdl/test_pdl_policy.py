@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pdlkit import (
     DOCTOR,
     ORTO,
@@ -21,8 +22,9 @@ from pdlkit import (
     patient,
 )
 
-from samverka.auth.access import Access
+from samverka.auth.access import Access, Need
 from samverka.config import Settings
+from samverka.errors import Category, FhirError
 from samverka.generate.region import build_region
 from samverka.interactions import search, transaction
 from samverka.interactions.context import Services
@@ -113,3 +115,35 @@ def test_without_other_providers_organisations_the_stamps_alone_decide_until_one
     view = second.services(svc)
     assert _ids(view, "Observation", [("patient", "s")]) == ["s-obs"]
     assert _ids(view, "Encounter", [("patient", "s")]) == ["s-enc"]
+
+
+def test_a_stamp_of_another_provider_written_after_the_policy_hides_its_row_at_once(repo: Repository) -> None:
+    """`Policy.stamps_before` (SQLite): no row up to the policy's mark carried another provider's stamp, so
+    only rows written since are looked up; an Observation written with such a stamp does not rebuild the
+    policy (nothing it is built from changed), yet the very next search and read leave it out."""
+    svc = _services(repo)
+    _put(svc, [*[e["resource"] for e in build_region().bundle["entry"]],
+               patient("t"), encounter("t-enc", "t", VC.id), observation("t-obs", "t", "t-enc")])
+    first = _doctor(svc)
+    assert first.policy is not None
+    if repo.dialect == "sqlite":
+        assert first.policy.stamps_before is not None
+    else:
+        assert first.policy.stamps_before is None  # PostgreSQL's seq is not commit order: always looked up
+    stamped = {**observation("t-obs-private", "t", "t-enc"), "meta": {"tag": [
+        {"system": RECORDED_AT_PROVIDER, "code": OTHER_PROVIDER}]}}
+    own = {**observation("t-obs-own", "t", "t-enc"), "meta": {"tag": [
+        {"system": RECORDED_AT_PROVIDER, "code": build_region().provider_id}]}}
+    _put(svc, [stamped, own])
+    second = _doctor(svc)
+    assert second.policy is first.policy  # the cached policy, built before the stamped row was written
+    view = second.services(svc)
+    assert _ids(view, "Observation", [("patient", "t")]) == ["t-obs", "t-obs-own"]
+    with pytest.raises(FhirError) as refused:
+        second.require(Need("r", "Observation", "t-obs-private"), repo)
+    assert refused.value.category == Category.FORBIDDEN
+    second.require(Need("r", "Observation", "t-obs-own"), repo)
+    # a policy built now sees the stamp in the index and looks every row up
+    from samverka.auth import pdl
+
+    assert pdl._stamps_before(repo, svc.registry, build_region().provider_id) is None

@@ -131,6 +131,9 @@ class Policy:
     # whether any Encounter or EpisodeOfCare names an organisation outside the user's care provider: when
     # none does, only the recorded-at stamps can make a row another provider's (`_other_provider`)
     foreign_orgs: bool = True
+    # SQLite: a write mark (history seq) such that no row written at or before it carries another provider's
+    # recorded-at stamp, so only later rows need the stamp lookup; None: every row needs it
+    stamps_before: int | None = None
     reachable_ids: frozenset[str] | None = None  # the relationship set, when at most MAX_BOUND patients
     notes: list[str] = field(default_factory=list)
     valid_until: int | None = None  # µs: the first instant the policy may change without a write (pdl_cache)
@@ -174,7 +177,8 @@ class Policy:
         reachable = frozenset(str(r[0]) for r in rows) if len(rows) <= MAX_BOUND else None
         return cls(access.user_hsa_id, access.care_unit, unit_orgs, provider_orgs, relationship,
                    grants.emergency, grants.lifted, blocks, frozenset(permitted), registry, access.care_provider,
-                   repo.dialect, _foreign_orgs(repo, registry, _refs(provider_orgs)), reachable,
+                   repo.dialect, _foreign_orgs(repo, registry, _refs(provider_orgs)),
+                   _stamps_before(repo, registry, access.care_provider), reachable,
                    valid_until=min(bounds, default=None))
 
     # ----- "recorded at" -----
@@ -236,8 +240,11 @@ class Policy:
         # with no organisation of another provider named by any Encounter or EpisodeOfCare, the per-row walk
         # from each row to its Encounter's service provider (three index lookups) could never match; the
         # policy is rebuilt on any write of those types (pdl_cache), so this holds while the policy is used
-        cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs,
-                                  self._tags(stamped), orgs=self.foreign_orgs)
+        tags = self._tags(stamped)
+        if self.stamps_before is not None:  # rows written since the policy was built may carry one
+            tags = f"r.seq > ? AND {tags[0]}", [self.stamps_before, *tags[1]]
+        cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs, tags,
+                                  orgs=self.foreign_orgs)
         allowed = sorted(self.permitted | self.emergency)
         if allowed:
             return f"(r.compartment NOT IN ({_marks(allowed)}) AND {cond})", [*allowed, *ps]
@@ -363,6 +370,33 @@ def _foreign_orgs(repo: Repository, registry: Registry, own: Sequence[int]) -> b
             conds.append(f"EXISTS (SELECT 1 FROM idx_reference WHERE {where})")
             params += ps
     return bool(repo.fetch(f"SELECT {' OR '.join(conds)}", params)[0][0])
+
+
+MAX_TAG_CODES = 2000  # distinct `_tag` codes looked through for another provider's stamp (then: assume one)
+
+
+def _stamps_before(repo: Repository, registry: Registry, own: str | None) -> int | None:
+    """SQLite: the store's write mark when no row written up to it carries a recorded-at-provider stamp of
+    another provider than `own`; None when one does, on PostgreSQL (whose seq is not commit order), or when
+    the store has more distinct tags than MAX_TAG_CODES. The mark is read first, so anything committed
+    while the tags are looked through is after it. One index seek per distinct `_tag` code."""
+    tag = registry.get("Resource", "_tag")
+    if repo.dialect != "sqlite" or tag is None:
+        return None
+    mark = int(repo.fetch("SELECT COALESCE(max(seq), 0) FROM history", ())[0][0])
+    system, mine = h64(RECORDED_AT_PROVIDER), h64(own) if own else None
+    after = "1 = 1"
+    params: list[Any] = []
+    for _ in range(MAX_TAG_CODES):
+        row = repo.fetch(f"SELECT c, EXISTS (SELECT 1 FROM idx_token t WHERE t.param = ? AND t.code = c AND"
+                         f" t.system = ?) FROM (SELECT min(code) AS c FROM idx_token WHERE param = ? AND {after})",
+                         [tag.id, system, tag.id, *params])[0]
+        if row[0] is None:
+            return mark
+        if row[1] and row[0] != mine:
+            return None
+        after, params = "code > ?", [row[0]]
+    return None
 
 
 @cache
