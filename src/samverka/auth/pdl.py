@@ -206,12 +206,14 @@ class Policy:
         links = sorted({p.id for t in _types() for p in reg.for_type(t)
                         if p.type == "reference" and p.code in ("encounter", "context") and t != "Encounter"})
         z = cond.replace("y.ref", "z.ref")
+        plus = "+" if self.dialect == "sqlite" else ""
         sql = (f"((r.type = 'Encounter' AND EXISTS (SELECT 1 FROM idx_reference y WHERE y.res = r.pk AND y.param = ?"
                f" AND {cond})) OR (r.type = 'EpisodeOfCare' AND EXISTS (SELECT 1 FROM idx_reference y"
                f" WHERE y.res = r.pk AND y.param = ? AND {cond})) OR EXISTS (SELECT 1 FROM idx_reference w"
                # from this row's reference rows to the Encounters they name (CROSS JOIN keeps that order on
-               # SQLite, which otherwise scanned every Encounter per row)
-               f" CROSS JOIN resources e WHERE e.ref = w.ref AND w.res = r.pk AND w.param IN ({_marks(links)})"
+               # SQLite, which otherwise scanned every Encounter per row); `+w.param` makes SQLite seek the
+               # row's reference rows once and test each, not seek once per link parameter (18 seeks)
+               f" CROSS JOIN resources e WHERE e.ref = w.ref AND w.res = r.pk AND {plus}w.param IN ({_marks(links)})"
                f" AND e.type = 'Encounter' AND e.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference z"
                f" WHERE z.res = e.pk AND z.param = ? AND {z})))")
         return (f"(r.type <> 'Patient' AND ({sql} OR ({tag_sql})))",
