@@ -32,7 +32,7 @@ from ..store.base import Dialect
 from . import drive
 from .params import Registry, SearchParam
 from .query import Criterion, Query
-from .sql import exists_sql
+from .sql import Leaf, exists_sql, leaf, merged_exists
 
 _SORT_TABLES = {"date": ("idx_date", "lo", "hi"), "number": ("idx_number", "lo", "hi"),
                 "quantity": ("idx_quantity", "lo", "hi"), "string": ("idx_string", "norm", "norm"),
@@ -150,10 +150,16 @@ def _assemble(db: Fetcher, query: Query, driver: drive.Candidate | None
     # checked on the driver's key before the resources row is read, when that row's type is certain anyway
     on_key = driver is not None and (driver.typed or (driver.index is not None
                                                        and _of_type(query.criteria[driver.index], query.type)))
+    merged = _merged_leaves(db, query, driver) if fence else {}
     for i, node in enumerate(query.criteria):
         if driver is not None and i == driver.index:
             continue
-        cond, ps = exists_sql(node, "r", db=db)
+        if i in merged:
+            if not merged[i]:
+                continue  # part of a group checked at its first member
+            cond, ps = merged_exists(merged[i], "r")
+        else:
+            cond, ps = exists_sql(node, "r", db=db)
         if on_key and isinstance(node, Criterion):  # SQLite evaluates it at the materialized key (-30%)
             cond = cond.replace("x0.res = r.pk", "x0.res = m.res")
         if fence and cond.startswith(("EXISTS (SELECT", "NOT EXISTS (SELECT")) and cond.endswith(")"):
@@ -161,6 +167,25 @@ def _assemble(db: Fetcher, query: Query, driver: drive.Candidate | None
         where.append(cond)
         params += ps
     return source, where, (source_params, params)
+
+
+def _merged_leaves(db: Fetcher, query: Query, driver: drive.Candidate | None) -> dict[int, list[Leaf]]:
+    """PostgreSQL, driven plans: criteria checked per candidate that are positive leaves on the same parameter
+    and index table, grouped for `sql.merged_exists` (the first index of a group maps to its leaves, the
+    others to an empty list)."""
+    groups: dict[tuple[str, int], list[tuple[int, Leaf]]] = {}
+    for i, node in enumerate(query.criteria):
+        if (driver is not None and i == driver.index) or not isinstance(node, Criterion):
+            continue
+        lf = leaf(node, db)
+        if isinstance(lf, Leaf) and not lf.negate:
+            groups.setdefault((lf.table, lf.param), []).append((i, lf))
+    out: dict[int, list[Leaf]] = {}
+    for members in groups.values():
+        if len(members) > 1:
+            out[members[0][0]] = [lf for _i, lf in members]
+            out.update({i: [] for i, _lf in members[1:]})
+    return out
 
 
 _RESOURCE_LEVEL = {"Resource", "DomainResource"}
