@@ -14,6 +14,7 @@ Errors are OperationOutcomes; a manifest error has one issue per key at fault, i
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -105,6 +106,8 @@ class ModuleAdmin:
     async def enable(self, request: Request) -> Response:
         try:
             self._admin(request)
+            # an enable in the second of the disable waits for the next (token iats are whole seconds)
+            await asyncio.sleep(registry.enable_delay(self.svc, request.path_params["id"]))
             return _json(registry.enable(self.svc, request.path_params["id"], self._who(request)))
         except Exception as exc:
             return error_response(exc)

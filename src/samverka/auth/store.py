@@ -99,6 +99,17 @@ def set_client_disabled(uow: UnitOfWork, client_id: str, disabled: bool) -> bool
     return bool(rows)
 
 
+def enable_delay(repo: Repository, client_id: str) -> float:
+    """Seconds to wait before enabling a disabled client. Token `iat`s are whole seconds, so an enable in
+    the second of the disable could not tell tokens issued after it from those issued before the disable:
+    `set_client_disabled` would refuse both until the next second. Waiting for it (at most 1 s) makes every
+    token issued from the enable on good."""
+    rows = repo.fetch("SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,))
+    if not rows or rows[0][0] is None:
+        return 0.0
+    return max(0.0, int(rows[0][0]) + 1 - time.time())
+
+
 def client_disabled(repo: Repository, client_id: str) -> bool:
     rows = repo.fetch("SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,))
     return bool(rows and rows[0][0] is not None)

@@ -154,6 +154,12 @@ def disable(svc: Services, module_id: str, who: Who) -> dict[str, Any]:
     return view(svc, module_id)
 
 
+def enable_delay(svc: Services, module_id: str) -> float:
+    """How long an `enable` of this module should wait first (`auth.store.enable_delay`; 0 when not disabled)."""
+    row = _module(svc, module_id)
+    return auth_store.enable_delay(svc.repo, row.client_id) if row.state == DISABLED else 0.0
+
+
 def enable(svc: Services, module_id: str, who: Who) -> dict[str, Any]:
     """Undo `disable`: the client may get tokens again and the subscriptions are requested again,
     resuming from where they were switched off (the events committed meanwhile follow the handshake)."""
