@@ -29,13 +29,12 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any, TypeVar, cast
 
 import orjson
 
 from ..errors import Category, FhirError, Issue
-from ..fhir.definitions import compartment_definition, patient_compartment_types
+from ..fhir.definitions import patient_compartment_types
 from ..fhir.instant import now_us
 from ..interactions.context import RECORDED_AT_PROVIDER, RECORDED_AT_UNIT
 from ..search.engine import matching_ids
@@ -48,6 +47,7 @@ from ..store.hashing import h64
 from ..sweden.identifiers import HSA_ID_ALIASES
 from . import pdl_grants
 from .pdl_consent import active_consents
+from .store import WRITE_MARK_SQL
 
 Filter = tuple[str, Sequence[Any]]
 OPEN_ENCOUNTER = "planned,arrived,triaged,in-progress,onleave"
@@ -203,7 +203,7 @@ class Policy:
         sp = reg.get("Encounter", "service-provider")
         eoc = reg.get("EpisodeOfCare", "organization")
         assert sp is not None and eoc is not None
-        links = sorted({p.id for t in _types() for p in reg.for_type(t)
+        links = sorted({p.id for t in patient_compartment_types() for p in reg.for_type(t)
                         if p.type == "reference" and p.code in ("encounter", "context") and t != "Encounter"})
         z = cond.replace("y.ref", "z.ref")
         plus = "+" if self.dialect == "sqlite" else ""
@@ -239,12 +239,12 @@ class Policy:
         stamped = [("_tag", f"{RECORDED_AT_PROVIDER}|")]
         if self.provider_hsa:
             stamped.append(("_tag:not", f"{RECORDED_AT_PROVIDER}|{self.provider_hsa}"))
-        # with no organisation of another provider named by any Encounter or EpisodeOfCare, the per-row walk
-        # from each row to its Encounter's service provider (three index lookups) could never match; the
-        # policy is rebuilt on any write of those types (pdl_cache), so this holds while the policy is used
         tags = self._tags(stamped)
         if self.stamps_before is not None:  # rows written since the policy was built may carry one
             tags = f"r.seq > ? AND {tags[0]}", [self.stamps_before, *tags[1]]
+        # with no organisation of another provider named by any Encounter or EpisodeOfCare, the per-row walk
+        # from each row to its Encounter's service provider (three index lookups) could never match; the
+        # policy is rebuilt on any write of those types (pdl_cache), so this holds while the policy is used
         cond, ps = self._recorded(f"y.ref NOT IN ({_marks(refs)})" if refs else "y.ref IS NOT NULL", refs, tags,
                                   orgs=self.foreign_orgs)
         allowed = sorted(self.permitted | self.emergency)
@@ -381,29 +381,21 @@ def _stamps_before(repo: Repository, registry: Registry, own: str | None) -> int
     """SQLite: the store's write mark when no row written up to it carries a recorded-at-provider stamp of
     another provider than `own`; None when one does, on PostgreSQL (whose seq is not commit order), or when
     the store has more distinct tags than MAX_TAG_CODES. The mark is read first, so anything committed
-    while the tags are looked through is after it. One index seek per distinct `_tag` code."""
+    while the tags are looked through is after it. One statement: a skip scan over the distinct `_tag`
+    codes (one index seek each), then one seek per code for the stamp's system."""
     tag = registry.get("Resource", "_tag")
     if repo.dialect != "sqlite" or tag is None:
         return None
-    mark = int(repo.fetch("SELECT COALESCE(max(seq), 0) FROM history", ())[0][0])
-    system, mine = h64(RECORDED_AT_PROVIDER), h64(own) if own else None
-    after = "1 = 1"
-    params: list[Any] = []
-    for _ in range(MAX_TAG_CODES):
-        row = repo.fetch(f"SELECT c, EXISTS (SELECT 1 FROM idx_token t WHERE t.param = ? AND t.code = c AND"
-                         f" t.system = ?) FROM (SELECT min(code) AS c FROM idx_token WHERE param = ? AND {after})",
-                         [tag.id, system, tag.id, *params])[0]
-        if row[0] is None:
-            return mark
-        if row[1] and row[0] != mine:
-            return None
-        after, params = "code > ?", [row[0]]
-    return None
-
-
-@cache
-def _types() -> tuple[str, ...]:
-    return tuple(r["code"] for r in compartment_definition("Patient").get("resource", []) if r.get("param"))
+    mark = int(repo.fetch(WRITE_MARK_SQL, ())[0][0])
+    many, foreign = repo.fetch(
+        "WITH RECURSIVE codes(c, n) AS (SELECT (SELECT min(code) FROM idx_token WHERE param = ?), 1"
+        " UNION ALL SELECT (SELECT min(code) FROM idx_token WHERE param = ? AND code > c), n + 1 FROM codes"
+        " WHERE c IS NOT NULL AND n <= ?)"
+        " SELECT (SELECT count(*) FROM codes WHERE c IS NOT NULL) > ?, EXISTS (SELECT 1 FROM codes"
+        " JOIN idx_token t ON t.param = ? AND t.code = codes.c AND t.system = ? WHERE codes.c IS NOT ?)",
+        [tag.id, tag.id, MAX_TAG_CODES, MAX_TAG_CODES, tag.id, h64(RECORDED_AT_PROVIDER),
+         h64(own) if own else None])[0]
+    return None if many or foreign else mark
 
 
 def _dropouts(repo: Repository, recent: list[Filter], days: int) -> list[int]:

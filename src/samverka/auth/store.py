@@ -104,15 +104,17 @@ def enable_delay(repo: Repository, client_id: str) -> float:
     the second of the disable could not tell tokens issued after it from those issued before the disable:
     `set_client_disabled` would refuse both until the next second. Waiting for it (at most 1 s) makes every
     token issued from the enable on good."""
-    rows = repo.fetch("SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,))
-    if not rows or rows[0][0] is None:
-        return 0.0
-    return max(0.0, int(rows[0][0]) + 1 - time.time())
+    disabled = _disabled_at(repo, client_id)
+    return 0.0 if disabled is None else max(0.0, disabled + 1 - time.time())
 
 
 def client_disabled(repo: Repository, client_id: str) -> bool:
+    return _disabled_at(repo, client_id) is not None
+
+
+def _disabled_at(repo: Repository, client_id: str) -> int | None:
     rows = repo.fetch("SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,))
-    return bool(rows and rows[0][0] is not None)
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def use_assertion(repo: Repository, client_id: str, jti: str, exp: int) -> bool:
@@ -145,9 +147,12 @@ def token_state(repo: Repository, jti: str, client_id: str, iat: int = 0) -> tup
     rows = repo.fetch("SELECT (SELECT count(*) FROM auth_revoked WHERE jti = ?)"
                       " + (SELECT count(*) FROM auth_clients WHERE client_id = ? AND (revoked IS NOT NULL"
                       " OR disabled IS NOT NULL OR valid_after > ?)),"
-                      f" ({PDL_MARKER_SQL}), (SELECT COALESCE(max(seq), 0) FROM history)", (jti, client_id, iat))
+                      f" ({PDL_MARKER_SQL}), ({WRITE_MARK_SQL})", (jti, client_id, iat))
     return bool(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
+
+# the store's write mark: the last history `seq` (commit order on SQLite)
+WRITE_MARK_SQL = "SELECT COALESCE(max(seq), 0) FROM history"
 
 # the PDL policies' change marker (migration 0013): triggers only ever add to the counters, so their sum
 # changes with every write a policy depends on

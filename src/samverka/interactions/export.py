@@ -38,8 +38,6 @@ FILE = "$export-file"
 Allowed = Callable[[str, bool], bool]
 
 
-
-
 def kick_off(svc: Services, base: str, request_url: str, group: str | None, patient_level: bool,
              pairs: list[tuple[str, str]], body: Any, prefer: dict[str, str], owner: tuple[str | None, str | None],
              allowed: Allowed, redact: bool = False) -> Result:

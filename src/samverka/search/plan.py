@@ -19,6 +19,7 @@ costs what page 1 does, and rows changing meanwhile never shift the pages.
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -173,10 +174,13 @@ def _merged_leaves(db: Fetcher, query: Query, driver: drive.Candidate | None) ->
     """PostgreSQL, driven plans: criteria checked per candidate that are positive leaves on the same parameter
     and index table, grouped for `sql.merged_exists` (the first index of a group maps to its leaves, the
     others to an empty list)."""
+    checked = [(i, node) for i, node in enumerate(query.criteria)
+               if isinstance(node, Criterion) and (driver is None or i != driver.index)]
+    repeated = Counter(node.param.id for _i, node in checked)
     groups: dict[tuple[str, int], list[tuple[int, Leaf]]] = {}
-    for i, node in enumerate(query.criteria):
-        if (driver is not None and i == driver.index) or not isinstance(node, Criterion):
-            continue
+    for i, node in checked:
+        if repeated[node.param.id] < 2:
+            continue  # alone on its parameter: exists_sql builds its leaf (building it here too would be waste)
         lf = leaf(node, db)
         if isinstance(lf, Leaf) and not lf.negate:
             groups.setdefault((lf.table, lf.param), []).append((i, lf))

@@ -39,13 +39,13 @@ def condition(dialect: str, column: str, values: Collection[Any], owner: object,
     """SQL true when `column` is one of `values`, for as long as `owner` lives (see the module docstring)."""
     if not values:
         return "1 = 0", ()
-    ordered = sorted(values)
-    if portable:
-        return f"{column} IN ({', '.join('?' for _ in ordered)})", tuple(ordered)
-    if dialect == "postgresql":
+    if portable or dialect == "postgresql":
+        ordered = sorted(values)  # the same text and parameters for the same set
+        if portable:
+            return f"{column} IN ({', '.join('?' for _ in ordered)})", tuple(ordered)
         return f"{column} = ANY(?)", (ordered,)
     key = next(_keys)
-    _sets[key] = frozenset(ordered)
+    _sets[key] = frozenset(values)
     weakref.finalize(owner, _sets.pop, key, None)
     return f"samverka_member(?, {column})", (key,)
 
