@@ -117,6 +117,9 @@ class QueryGenerator:
             elif roll < 0.32:
                 code = rng.choice(PARAMS[type_])
                 crit = _Crit(f"{code}:missing", rng.choice(("true", "false")), ("missing",))
+            elif roll < 0.38 and (pair := self._window(r)) is not None:  # a date window (search.window)
+                crits.append(pair[0])
+                crit = pair[1]
             else:
                 crit = self._leaf(r, self._pick_code(r))
             if crit is not None:
@@ -284,6 +287,23 @@ class QueryGenerator:
         if rng.random() < 0.3:  # the value as stated: search and target ranges coincide, the prefixes' edge
             text, precision = s, "stated"
         return None, prefix + text, (f"date:{prefix or 'eq'}:{precision}",)
+
+    def _window(self, r: dict[str, Any]) -> tuple[_Crit, _Crit] | None:
+        """`date=ge<x>&date=lt<y>` (or gt/sa, le/eb) on one date parameter of `r`, both ends from its values."""
+        rng = self.rng
+        codes = [c for c in PARAMS[r["resourceType"]] if (p := self._param(r["resourceType"], c)) and p.type == "date"
+                 and self.ds.values(r, p)]
+        if not codes:
+            return None
+        code = rng.choice(codes)
+        p = self._param(r["resourceType"], code)
+        assert p is not None
+        values = self.ds.values(r, p)
+        low = self._date(rng.choice(("ge", "ge", "gt", "sa")), values)
+        high = self._date(rng.choice(("lt", "lt", "le", "eb")), values)
+        if low is None or high is None:
+            return None
+        return (_Crit(code, low[1], (*low[2], "date:window")), _Crit(code, high[1], (*high[2], "date:window")))
 
     def _quantity(self, prefix: str, values: list[Any]) -> tuple[str | None, str, tuple[str, ...]] | None:
         rng = self.rng

@@ -115,6 +115,27 @@ def children(ctx: TypeCtx, name: str) -> tuple[Child, ...]:
     return tuple(out)
 
 
+@cache
+def path_types(type_name: str, steps: tuple[str, ...]) -> frozenset[str] | None:
+    """The type codes of `type_name.<steps>` when every element on the path has cardinality ..1 (so a resource
+    holds at most one value there); None for a repeating element, an unknown one or a choice on the way."""
+    ctx = root_ctx(type_name)
+    for i, name in enumerate(steps):
+        if ctx.sd not in structure_definitions():
+            return None
+        els = _elements(ctx.sd)
+        el = els.get(f"{ctx.path}.{name}") or els.get(f"{ctx.path}.{name}[x]")
+        kids = children(ctx, name)
+        if el is None or el.get("max") != "1" or not kids:
+            return None
+        if i == len(steps) - 1:
+            return frozenset(k.ctx.type for k in kids)
+        if len(kids) != 1:
+            return None
+        ctx = kids[0].ctx
+    return None
+
+
 def is_subtype(type_code: str, ancestor: str) -> bool:
     """True when `type_code` is `ancestor` or derives from it (Age is a Quantity, Patient a Resource)."""
     sds = structure_definitions()
