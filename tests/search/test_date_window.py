@@ -44,6 +44,10 @@ PERIODS: list[tuple[str, dict[str, str]]] = [
     ("open-after", {"start": "2016-01-01"}),
     ("end-only-in", {"end": "2015-03-05"}),
     ("end-only-before", {"end": "2014-01-01"}),
+    # stored only without validation (the fixture's store): an end before the start, which offsets can
+    # produce in valid R4 too (20 March 23:00 at -05:00 is 21 March in UTC, after the end's day)
+    ("inverted", {"start": "2015-03-20", "end": "2015-03-10"}),
+    ("offsets", {"start": "2015-03-31T23:00:00-05:00", "end": "2015-03-31"}),
 ]
 
 
@@ -62,6 +66,15 @@ def spans(store: Seeded) -> Seeded:
         rows.append({"resourceType": "Encounter", "id": f"old-{i}", "status": "finished", "class": {"code": "AMB"},
                      "serviceProvider": {"reference": "Organization/org-v"},
                      "period": {"start": f"2010-01-{i % 28 + 1:02d}T08:00:00Z", "end": f"2010-01-{i % 28 + 1:02d}"}})
+    # an offset takes these past years 1-9999; and a Period list where R4 allows one (no validation)
+    for rid, period in (("after-max", {"start": "9999-12-31T23:00:00-12:00"}),
+                        ("before-min", {"start": "0001-01-01T00:00:00+14:00"})):
+        rows.append({"resourceType": "Encounter", "id": f"x-{rid}", "status": "finished", "class": {"code": "AMB"},
+                     "serviceProvider": {"reference": "Organization/org-x"}, "period": period})
+    rows.append({"resourceType": "Encounter", "id": "x-two", "status": "finished", "class": {"code": "AMB"},
+                 "serviceProvider": {"reference": "Organization/org-x"},
+                 "period": [{"start": "2010-01-01", "end": "2010-01-02"},
+                            {"start": "2020-01-01", "end": "2020-01-02"}]})
     rows.append({"resourceType": "Observation", "id": "o-timing", "status": "final", "code": {"text": "x"},
                  "effectiveTiming": {"event": ["2010-05-01", "2020-05-01"]}})
     store.put(*rows)
@@ -102,7 +115,8 @@ def test_the_month_by_hand(spans: Seeded) -> None:
     periods ending on 1 March itself do not match; `lt2015-04-01`: it overlaps the range before 1 April."""
     found = spans.ids("Encounter", "service-provider=Organization/org-w&date=ge2015-03-01&date=lt2015-04-01")
     assert found == {f"w-{x}" for x in ("hour-in", "starts-last-second", "ten-days-in", "hundred-days-in", "year",
-                                        "two-years-in", "twenty-years-in", "open-in", "end-only-in")}
+                                        "two-years-in", "twenty-years-in", "open-in", "end-only-in", "inverted",
+                                        "offsets")}
 
 
 def test_ored_values_widen_a_window_to_their_hull(spans: Seeded) -> None:
@@ -117,8 +131,8 @@ def test_no_window_without_both_sides_or_for_one_criterion(spans: Seeded) -> Non
     for q in ("date=ge2015-03-01&date=ne2015-03-10", "date=2015-03", "date=ge2015-03-01&status=finished"):
         ex = _explain(spans, "Encounter", q)
         assert "window" not in ex["strategy"] and not any("window" in p for p in ex["probes"]), (q, ex)
-    assert spans.ids("Encounter", "date=ge2016-01-01&date=ne2016-01") == {"w-open-in", "v-open-in",
-                                                                        "w-open-after", "v-open-after"}
+    assert spans.ids("Encounter", "date=ge2016-01-01&date=ne2016-01") == {
+        "w-open-in", "v-open-in", "w-open-after", "v-open-after", "x-two", "x-before-min", "x-after-max"}
 
 
 def test_no_window_where_a_resource_holds_several_values(spans: Seeded) -> None:
@@ -174,3 +188,74 @@ def test_the_window_reads_the_long_rows_from_their_index(spans: Seeded) -> None:
     else:
         plan = "\n".join(str(r[-1]) for r in repo.fetch("EXPLAIN QUERY PLAN " + sql, params))
     assert plan.count("idx_date_long") == len(window.SPAN_CLASSES), plan
+
+
+def test_rows_a_window_relies_on(spans: Seeded) -> None:
+    """Every row has lo <= hi (an inverted Period's ends swapped), and a parameter R4 allows one value has one
+    row per resource (the hull of a non-conformant list): a window reads a row by its lo and span."""
+    repo = spans.svc.repo
+    assert repo.fetch("SELECT count(*) FROM idx_date WHERE lo > hi", [])[0][0] == 0
+    pid = spans.svc.registry.get("Encounter", "date").id
+    rows = repo.fetch("SELECT d.lo, d.hi FROM idx_date d JOIN resources r ON r.pk = d.res WHERE d.param = ?"
+                      " AND r.type = 'Encounter' AND r.id = 'x-two'", [pid])
+    assert len(rows) == 1 and rows[0][0] < rows[0][1]
+
+
+@pytest.mark.parametrize(("low", "high"), [
+    ("date=ge9999-12-31T12:00:00Z", "date=le9999-12-31T13:00:00Z"),
+    ("date=gt9999-12-31T22:00:00-12:00", "date=le9999-12-31T22:00:00-12:00"),
+    ("date=ge0001-01-01", "date=lt0001-01-02"),
+    ("date=ge2019-01-01", "date=lt2011-01-01"),
+    ("date=sa2014", "date=eb2016"),
+    ("date=ge2015-03-15", "date=le2015-03-20"),
+    ("date=ge2015-04-01", "date=le2015-04-01"),
+])
+def test_windows_at_the_edges_of_the_data(spans: Seeded, low: str, high: str) -> None:
+    """Values an offset takes past years 1-9999, a hull, inverted Periods: the window finds what the two
+    criteria find apart."""
+    expected = spans.ids("Encounter", low) & spans.ids("Encounter", high)
+    assert spans.ids("Encounter", f"{low}&{high}") == expected
+    ex = _explain(spans, "Encounter", f"{low}&{high}")
+    if low == "date=ge0001-01-01":  # `lt0001-01-02` holds fewer keys: it drives, the window is only probed
+        assert "date window" in ex["probes"], ex
+    else:
+        assert ex["strategy"].startswith("driven by date window"), ex
+    if low == "date=ge2019-01-01":
+        assert "x-two" in expected
+
+
+def test_rows_written_before_v20(spans: Seeded) -> None:
+    """Migration 0020 on rows an older write path left: an inverted row is swapped, and a (param, type) with a
+    resource of several rows gets no window until a reindex of the parameter."""
+    repo = spans.svc.repo
+    pid = spans.svc.registry.get("Encounter", "date").id
+    res = repo.fetch("SELECT pk FROM resources WHERE type = 'Encounter' AND id = 'w-hour-in'", [])[0][0]
+    sql = (MIGRATIONS / spans.backend / "0020_date_spans.sql").read_text()
+    parts = re.split(r";\s*$", sql, flags=re.M)
+    stmts = ["\n".join(ln for ln in part.splitlines() if not ln.startswith("--")).strip() for part in parts]
+    data = [s for s in stmts if s.startswith(("INSERT", "DELETE"))]
+    assert len(data) == 3, data
+    old_rows = [(pid, 1_500_000_000_000_000, 1_400_000_000_000_000, res),  # inverted
+                (pid, 1_300_000_000_000_000, 1_300_000_000_000_001, res)]  # a second value
+    try:
+        with repo.transaction() as uow:
+            for row in old_rows:
+                uow.execute("INSERT INTO idx_date (param, lo, hi, res) VALUES (?, ?, ?, ?)", list(row))
+            uow.execute("DELETE FROM date_multivalued", [])
+            for stmt in data:
+                uow.execute(stmt, [])
+        assert repo.fetch("SELECT count(*) FROM idx_date WHERE lo > hi", [])[0][0] == 0
+        assert repo.fetch("SELECT count(*) FROM idx_date WHERE param = ? AND res = ? AND lo = ? AND hi = ?",
+                          [pid, res, 1_400_000_000_000_000, 1_500_000_000_000_000])[0][0] == 1
+        pairs = {(int(p), str(t)) for p, t in repo.fetch("SELECT param, type FROM date_multivalued", [])}
+        assert (pid, "Encounter") in pairs and (pid, "Observation") in pairs  # the Timing: legitimately several
+        drive._MULTIVALUED.clear()
+        q = "date=ge2015-03-01&date=lt2015-04-01"
+        assert "window" not in _explain(spans, "Encounter", q)["strategy"]
+    finally:
+        with repo.transaction() as uow:
+            uow.execute("DELETE FROM idx_date WHERE param = ? AND res = ? AND lo IN (?, ?)",
+                        [pid, res, 1_400_000_000_000_000, 1_300_000_000_000_000])
+            uow.execute("DELETE FROM date_multivalued", [])
+        drive._MULTIVALUED.clear()
+    assert _explain(spans, "Encounter", q)["strategy"].startswith("driven by date window")

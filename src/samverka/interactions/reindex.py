@@ -205,6 +205,8 @@ def _finish(uow: UnitOfWork, job: Job) -> Job:
                 (*job.params, job.since))
     uow.execute(f"DELETE FROM search_parameters WHERE url IN ({marks}) AND active = 0 AND changed <= ?",
                 (*job.params, job.since))
+    # the parameters' date rows are rewritten, one per resource where R4 allows one (migration 0020)
+    uow.execute(f"DELETE FROM date_multivalued WHERE param IN ({marks})", [param_id(u) for u in job.params])
     if not uow.execute("UPDATE reindex_jobs SET status = 'done', done = total, owner = NULL, finished = ?"
                        " WHERE id = ? AND owner = ? RETURNING id", (now_us(), job.id, job.owner)):
         raise _Lost(f"reindex job {job.id} was taken over by another runner")

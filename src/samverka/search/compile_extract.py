@@ -8,8 +8,10 @@ element it actually has. Expressions the compiler cannot handle fall back to fhi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from samverka.search.compile_convert import Conv, converter, hs
@@ -23,7 +25,7 @@ from samverka.search.compile_plan import (
     is_boolean_expr,
     steps_runner,
 )
-from samverka.search.compile_types import is_subtype, root_ctx
+from samverka.search.compile_types import SYSTEM_TYPE_ALIASES, is_subtype, path_types, root_ctx
 from samverka.store.base import IndexRows
 
 if TYPE_CHECKING:
@@ -65,6 +67,41 @@ def parts_for_type(expression: str, resource_type: str) -> list[str]:
         if name is None or name[:1].islower() or is_subtype(resource_type, name):
             out.append(text)
     return out
+
+
+# a Timing is indexed as a row per event (compile_convert); a date, dateTime, instant or Period as one row,
+# and the other types of a choice (Procedure.performed[x]: string, Age, Range) as none
+_MANY_ROWS = frozenset({"Timing"})
+_PATH = re.compile(r"\(?([A-Z][A-Za-z]*)((?:\.[a-z][A-Za-z]*)+)(?:\.as\(([A-Za-z]+)\)| as ([A-Za-z]+))?\)?")
+
+
+@cache
+def _single(expression: str, type_: str) -> bool:
+    paths: set[str] = set()
+    found: set[str] = set()
+    for text in parts_for_type(expression, type_):
+        m = _PATH.fullmatch(text.strip())
+        if m is None or not is_subtype(type_, m[1]):
+            return False
+        paths.add(m[2])
+        types = path_types(type_, tuple(m[2][1:].split(".")))
+        if types is None:
+            return False
+        cast = m[3] or m[4]
+        if cast is not None:
+            cast = SYSTEM_TYPE_ALIASES.get(cast, cast)
+            types = types & {cast}
+        found |= types
+    # one path (several casts of one choice element are still one value) of single elements
+    return len(paths) == 1 and not found & _MANY_ROWS
+
+
+def single_valued(param: SearchParam, type_: str) -> bool:
+    """True when R4 allows a `type_` resource one value at most for the date parameter `param` (its expression
+    for the type is one path of elements of cardinality ..1 whose types hold no Timing), so it has one index
+    row: `extract` keeps one row, the values' hull, even for a resource stored without validation that holds
+    more (`search.window` relies on it)."""
+    return _single(param.expression, type_)
 
 
 def _values_handler(conv: Conv) -> Handler:
@@ -217,6 +254,8 @@ class TypeExtractor:
         self.by_key: dict[str, list[tuple[int, Runner, Handler]]] = {}
         self.always: list[tuple[int, Runner, Handler]] = []
         self.dynamic: list[tuple[int, Callable[[Any], list[tuple[Any, str]]], str]] = []
+        self.single_dates = frozenset(p.id for p in registry.for_type(resource_type)
+                                      if p.type == "date" and single_valued(p, resource_type))
         for p in registry.for_type(resource_type):
             c = compile_param(p, resource_type, registry)
             self.compiled[p.code] = c

@@ -110,7 +110,7 @@ def candidates(db: Fetcher, query: Query) -> list[Candidate]:
         else:
             out.append(Candidate(None, "_lastUpdated window", "SELECT x.res FROM idx_date x WHERE x.param = ?"
                                  " AND x.lo >= ? AND x.lo <= ?", [pid, lo, hi], CLOSED, PROBE_LIMIT, True))
-    for name, sql, params in date_windows(query):
+    for name, sql, params in date_windows(query, _multivalued(db) if query.type is not None else frozenset()):
         out.append(Candidate(None, name, sql, list(params), CLOSED, PROBE_LIMIT, False))
     return out
 
@@ -251,6 +251,23 @@ def _count(db: Fetcher, c: Candidate, limit: int) -> int:
         _COUNTS.clear()
     _COUNTS[key] = (now, limit, n)
     return n
+
+
+_MULTIVALUED: dict[int, tuple[float, frozenset[tuple[int, str]]]] = {}
+_MULTIVALUED_TTL_S = 60.0
+
+
+def _multivalued(db: Fetcher) -> frozenset[tuple[int, str]]:
+    """The (param, type) pairs with rows written before schema v20 holding several dates where R4 allows one
+    (migration 0020), read at most once a minute per store: a reindex only ever removes pairs."""
+    key = _store(db)
+    now = time.monotonic()
+    hit = _MULTIVALUED.get(key)
+    if hit is None or now - hit[0] >= _MULTIVALUED_TTL_S:
+        rows = db.fetch("SELECT param, type FROM date_multivalued", [])
+        hit = (now, frozenset((int(p), str(t)) for p, t in rows))
+        _MULTIVALUED[key] = hit
+    return hit[1]
 
 
 _TYPE_ROWS: dict[tuple[int, str], tuple[float, int, int]] = {}  # (store, type) -> (time, cap, rows)

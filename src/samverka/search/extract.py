@@ -31,7 +31,10 @@ def extract(resource: dict[str, Any], registry: Registry | None = None) -> Index
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         raise ValueError("resource without resourceType")
-    reg.extractor(rtype).run(resource, rows)
+    extractor = reg.extractor(rtype)
+    extractor.run(resource, rows)
+    if rows.dates:
+        rows.dates = _normal_dates(rows.dates, extractor.single_dates)
     if rtype == "Location":
         near.index(resource, reg, rows)  # a special parameter: no FHIRPath to compile
     for name in _ROW_LISTS:
@@ -41,6 +44,27 @@ def extract(resource: dict[str, Any], registry: Registry | None = None) -> Index
             if len(deduped) != len(lst):
                 setattr(rows, name, deduped)
     return rows
+
+
+def _normal_dates(dates: list[tuple[int, int, int]], single: frozenset[int]) -> list[tuple[int, int, int]]:
+    """Every date row with lo <= hi (a Period whose end precedes its start, which R4 forbids but validation
+    does not catch when the offsets differ: its two ends swapped), and one row, the hull, for a parameter
+    R4 allows one value (`single`) that holds several (stored without validation). The date windows of
+    `search.window` bound `lo` by `hi` and read one row per resource for such parameters."""
+    out: list[tuple[int, int, int]] = []
+    hulls: dict[int, tuple[int, int]] = {}
+    for pid, lo, hi in dates:
+        if lo > hi:
+            lo, hi = hi, lo
+        if pid not in single:
+            out.append((pid, lo, hi))
+        elif pid in hulls:
+            a, b = hulls[pid]
+            hulls[pid] = (min(a, lo), max(b, hi))
+        else:
+            hulls[pid] = (lo, hi)
+    out += [(pid, lo, hi) for pid, (lo, hi) in hulls.items()]
+    return out
 
 
 def raw_values(

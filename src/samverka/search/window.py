@@ -19,13 +19,9 @@ no single window holds.
 
 from __future__ import annotations
 
-import re
-from functools import cache
-
 from . import normalize
-from .compile_extract import parts_for_type
-from .compile_types import SYSTEM_TYPE_ALIASES, is_subtype, path_types
-from .params import Registry, SearchParam
+from .compile_extract import single_valued
+from .params import Registry
 from .query import Criterion, Query
 
 # The write path stamps every resource with exactly one `_lastUpdated` row of millisecond precision
@@ -43,9 +39,6 @@ SPAN_CLASS = ("CASE WHEN x.hi - x.lo < 2764800000000 THEN 1 WHEN x.hi - x.lo < 3
               " WHEN x.hi - x.lo < 504921600000000 THEN 3 ELSE 4 END")
 LONG_ROW = "x.hi - x.lo >= 172800000000"  # the partial index's predicate, repeated so it applies
 _UNBOUNDED_SPAN = normalize.DATE_MAX_US - normalize.DATE_MIN_US
-# a Timing is indexed as a row per event (compile_convert); a date, dateTime, instant or Period as one row,
-# and the other types of a choice (Procedure.performed[x]: string, Age, Range) as none
-_MANY_ROWS = frozenset({"Timing"})
 
 
 def lo_bounds(prefix: str | None, a: int, b: int, span: int) -> tuple[int | None, int | None]:
@@ -122,9 +115,12 @@ def last_updated_window(query: Query) -> tuple[int, int, int] | None:
     return std.id, found[0], found[1]
 
 
-def date_windows(query: Query) -> list[tuple[str, str, list[int]]]:
+def date_windows(query: Query, multivalued: frozenset[tuple[int, str]] = frozenset()
+                 ) -> list[tuple[str, str, list[int]]]:
     """(name, `SELECT x.res ...`, params) of a window per date parameter (other than `_lastUpdated`) whose
-    criteria bound both sides, for a search of one type holding at most one value of it."""
+    criteria bound both sides, for a search of one type holding at most one value of it -- by definition
+    (`single_valued`), and in the store: `multivalued` lists (param, type) pairs with rows written before
+    schema v20 that hold several values (migration 0020)."""
     by_param: dict[int, list[Criterion]] = {}
     for node in query.criteria:
         if (isinstance(node, Criterion) and node.param.type == "date" and node.modifier is None
@@ -132,7 +128,8 @@ def date_windows(query: Query) -> list[tuple[str, str, list[int]]]:
             by_param.setdefault(node.param.id, []).append(node)
     out: list[tuple[str, str, list[int]]] = []
     for pid, nodes in by_param.items():
-        if len(nodes) < 2 or query.type is None or not single_valued(nodes[0].param, query.type):
+        if (len(nodes) < 2 or query.type is None or not single_valued(nodes[0].param, query.type)
+                or (pid, query.type) in multivalued):
             continue
         short = _window(nodes, SHORT_SPAN_US - 1)
         if short is None:
@@ -143,38 +140,12 @@ def date_windows(query: Query) -> list[tuple[str, str, list[int]]]:
             found = _window(nodes, _UNBOUNDED_SPAN if below is None else below - 1)
             if found is None or found[0] > found[1]:
                 continue
-            parts.append(f"SELECT x.res FROM idx_date x WHERE x.param = ? AND {LONG_ROW} AND {SPAN_CLASS} = {cls}"
-                         " AND x.lo >= ? AND x.lo <= ?")
-            params += [pid, *found]
+            cond = f"SELECT x.res FROM idx_date x WHERE x.param = ? AND {LONG_ROW} AND {SPAN_CLASS} = {cls}"
+            if below is None:  # no lower bound: an offset may take a value a few hours past years 1-9999
+                parts.append(f"{cond} AND x.lo <= ?")
+                params += [pid, found[1]]
+            else:
+                parts.append(f"{cond} AND x.lo >= ? AND x.lo <= ?")
+                params += [pid, *found]
         out.append((f"{nodes[0].raw_name} window", " UNION ALL ".join(parts), params))
     return out
-
-
-_PATH = re.compile(r"\(?([A-Z][A-Za-z]*)((?:\.[a-z][A-Za-z]*)+)(?:\.as\(([A-Za-z]+)\)| as ([A-Za-z]+))?\)?")
-
-
-@cache
-def _single(expression: str, type_: str) -> bool:
-    paths: set[str] = set()
-    found: set[str] = set()
-    for text in parts_for_type(expression, type_):
-        m = _PATH.fullmatch(text.strip())
-        if m is None or not is_subtype(type_, m[1]):
-            return False
-        paths.add(m[2])
-        types = path_types(type_, tuple(m[2][1:].split(".")))
-        if types is None:
-            return False
-        cast = m[3] or m[4]
-        if cast is not None:
-            cast = SYSTEM_TYPE_ALIASES.get(cast, cast)
-            types = types & {cast}
-        found |= types
-    # one path (several casts of one choice element are still one value) of single elements
-    return len(paths) == 1 and not found & _MANY_ROWS
-
-
-def single_valued(param: SearchParam, type_: str) -> bool:
-    """True when a `type_` resource has at most one index row for the date parameter `param`: its expression
-    for the type is one path of elements of cardinality ..1 whose types hold no Timing."""
-    return _single(param.expression, type_)
