@@ -175,7 +175,7 @@ def _intersected(db: Fetcher, c: Candidate, n: int, cands: list[Candidate], prob
     """`c` (n keys) intersected with the window or wide exact driver holding the fewest rows under
     `INTERSECT_RATIO` x n, if any. The keys still hold every match, and all of them match `c`'s criterion."""
     o_best: Candidate | None = None
-    m_best = n * INTERSECT_RATIO * (4 if c.index is None else 1)
+    m_best = min(n * INTERSECT_RATIO * (4 if c.index is None else 1), WIDE_LIMIT)  # each count bounded
     for o in cands:
         if o is c or not (o.index is None or o.wide):
             continue
