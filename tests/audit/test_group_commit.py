@@ -170,3 +170,33 @@ def test_read_records_commit_asynchronously_unless_flush_is_asked(repo: Reposito
         assert repo.fetch("SHOW synchronous_commit", ())[0][0] == "on"  # requests' writes always flush
     finally:
         gc.close()
+
+
+def test_sqlite_checkpoints_run_off_the_committing_thread(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: the files the committing thread writes are checkpointed by a thread of their own
+    (audit.checkpoint), so no read waits behind a WAL checkpoint; the writer keeps only a backstop."""
+    if repo.dialect != "sqlite":
+        pytest.skip("SQLite's write-ahead log")
+    from samverka.audit import checkpoint
+
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.05)
+    log = logs.reads_repo(repo)
+
+    async def main(gc: GroupCommit) -> None:
+        gc.start()
+        await asyncio.gather(*(gc.write([_event(i)]) for i in range(200)))
+        for _ in range(100):
+            if side.backlog(log) == 0 and gc._checkpointer is not None and gc._checkpointer.runs >= 2:
+                break
+            await asyncio.sleep(0.05)
+
+    with _group(repo) as gc:
+        asyncio.run(main(gc))
+        assert gc._checkpointer is not None and gc._checkpointer.runs >= 2
+        assert getattr(log, "path") in gc._checkpointer.paths  # noqa: B009
+        writer = gc._writer_repo()
+        assert writer.fetch("PRAGMA wal_autocheckpoint", ())[0][0] == checkpoint.BACKSTOP_PAGES
+        # everything the thread wrote is back in the database file: nothing left for a checkpoint to copy
+        busy, pages, done = log.fetch("PRAGMA wal_checkpoint(PASSIVE)", ())[0]
+        assert busy == 0 and pages == done
+    assert chain.verify(log).ok

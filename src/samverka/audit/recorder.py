@@ -30,7 +30,7 @@ from ..errors import Category, FhirError
 from ..store import Current, HistoryEntry, HistoryQuery, IndexRows, Repository, UnitOfWork, Version, Write
 from ..store.base import Head
 from ..store.hashing import h64
-from . import chain, logs, side
+from . import chain, checkpoint, logs, side
 from .model import Entity, Who, event
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,7 @@ class GroupCommit:
         self._behind = 0  # reads committed since the last chunk started
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
+        self._checkpointer: checkpoint.Checkpointer | None = None  # SQLite: WAL checkpoints off this thread
 
     async def write(self, events: list[dict[str, Any]]) -> None:
         """Return once `events` are committed; raise if they could not be (the read must then fail)."""
@@ -282,33 +283,34 @@ class GroupCommit:
                 return
             done.add_done_callback(lambda d: self._indexed(loop, d))
 
-    def _indexed(self, loop: asyncio.AbstractEventLoop, done: Future[int]) -> None:
-        """In the committing thread: a full chunk means more may wait, so ask the loop for another."""
+    def _indexed(self, loop: asyncio.AbstractEventLoop, done: Future[bool]) -> None:
+        """In the committing thread: when more records wait, ask the loop for another chunk."""
         self._indexing = False
         exc = done.exception()
         if exc is not None:  # the index waits for the next chunk or query; reads are not affected
             log.error("audit index chunk failed", exc_info=exc)
-        elif done.result() >= side.CHUNK:
+        elif done.result():
             self._unindexed = True
             with contextlib.suppress(RuntimeError):  # that loop is closed: the next tick or query goes on
                 loop.call_soon_threadsafe(self._next, loop)
 
-    def _index(self) -> int:
+    def _index(self) -> bool:
         """In the committing thread: index the next chunk of records (ours and other processes'), of the
-        read chain and of the store's own (write records, appended by write transactions)."""
+        read chain and of the store's own (write records, appended by write transactions); True when more
+        records wait."""
         reads, store = self._writer_repo(), self._store_writer()
-        most = 0
+        more = False
         for repo in dict.fromkeys([reads, store]):
             if side.backlog(repo) <= 0:
                 continue
             with repo.transaction() as uow:
                 self._async_commit(repo, uow)  # derived rows: written again by the next chunk if ever lost
-                n = side.index_chunk(uow, repo.dialect, side.CHUNK)
+                n = side.index_chunk(uow, repo.dialect, side.CHUNK, side.ROW_BUDGET)
             self.indexed += n
-            most = max(most, n)
+            more = more or (n > 0 and side.backlog(repo) > 0)
         if store is not reads:  # SQLite: keep the store's anchor of the read chain
             self._anchored = max(self._anchored, logs.anchor(store, reads, self._anchored))
-        return most
+        return more
 
     def start(self) -> None:
         """Index at least every `side.TICK` seconds, also what other processes and write transactions
@@ -354,6 +356,7 @@ class GroupCommit:
 
             self._store = SqliteRepository(getattr(self.repo, "path"))  # noqa: B009 (a SQLite store has one)
             self._store.fetch("PRAGMA cache_size = -8192", ())
+            self._checkpoint(self._store)
         return self._store
 
     def _writer_repo(self) -> Repository:
@@ -368,6 +371,7 @@ class GroupCommit:
                 self._writer = SqliteRepository(path)
                 # it only appends (a batch touches the right edges and a few index pages per record): 8 MiB, not 32
                 self._writer.fetch("PRAGMA cache_size = -8192", ())
+                self._checkpoint(self._writer)
             elif self.repo.dialect == "postgresql" and url:
                 from ..store.postgres import PostgresRepository
 
@@ -378,6 +382,14 @@ class GroupCommit:
             else:
                 self._writer = self.repo
         return self._writer
+
+    def _checkpoint(self, writer: Repository) -> None:
+        """A SQLite file this thread writes is checkpointed by a thread of its own (`audit.checkpoint`)."""
+        checkpoint.hand_over(writer)
+        paths = [*(self._checkpointer.paths if self._checkpointer else []), getattr(writer, "path")]  # noqa: B009
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        self._checkpointer = checkpoint.Checkpointer(paths)
 
     def _async_commit(self, repo: Repository, uow: UnitOfWork) -> None:
         """PostgreSQL without `flush`: commit without waiting for the WAL flush (unless the session does)."""
@@ -394,6 +406,9 @@ class GroupCommit:
         self._closed = True
         self.stop()
         self._pool.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         for repo in (self._writer, self._store):
             if repo is not None and repo is not self.repo:  # connections of this thread's own
                 repo.close()

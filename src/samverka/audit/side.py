@@ -27,8 +27,11 @@ import orjson
 from ..store import Repository, UnitOfWork
 from .model import columns
 
-CHUNK = 16  # records per background transaction (~2 ms each for a 50-result search's record on SQLite):
-#             a read committing behind a chunk waits for it, so it stays small
+CHUNK = 16  # records per background transaction at most: a read committing behind a chunk waits for it,
+ROW_BUDGET = 256  # so it stays small -- and ends after the record that brings this many index rows. A
+#                   50-result search's record names ~100 entities, each a random place in a large index:
+#                   16 such records took 20-60 ms on the 1M benchmark store (1 GB audit file), and the reads
+#                   behind them showed as bursts of 30-60 ms searches; 256 rows take ~5 ms
 EAGER = 128  # reads committed since the last chunk that start one without waiting for the tick
 CATCH_UP = 2000  # records per transaction when a query catches up
 TICK = 0.5  # seconds: the committing thread indexes (also what others appended) at least this often
@@ -49,8 +52,9 @@ def _insert(uow: UnitOfWork, table: str, col: str, rows: list[tuple[str, int]]) 
                     + f" ON CONFLICT ({col}, pos) DO NOTHING", [v for row in chunk for v in row])
 
 
-def index_chunk(uow: UnitOfWork, dialect: str, limit: int) -> int:
-    """Index up to `limit` records after the watermark inside the open transaction; returns how many."""
+def index_chunk(uow: UnitOfWork, dialect: str, limit: int, max_rows: int | None = None) -> int:
+    """Index up to `limit` records after the watermark inside the open transaction, stopping after the
+    record that brings the index rows to `max_rows`; returns how many records."""
     lock = " FOR UPDATE" if dialect == "postgresql" else ""
     mark = int(uow.execute(f"SELECT pos FROM audit_indexed WHERE one = 1{lock}", ())[0][0])
     head = int(uow.execute("SELECT pos FROM audit_head WHERE one = 1", ())[0][0])
@@ -60,10 +64,15 @@ def index_chunk(uow: UnitOfWork, dialect: str, limit: int) -> int:
                        (mark, min(head, mark + limit)))
     patients: list[tuple[str, int]] = []
     refs: list[tuple[str, int]] = []
+    done = 0
     for pos, data in rows:
         c = columns(orjson.loads(data))
         patients += [(p, int(pos)) for p in c.patients]
         refs += [(r, int(pos)) for r in c.refs]
+        done += 1
+        if max_rows is not None and len(patients) + len(refs) >= max_rows:
+            break
+    rows = rows[:done]
     # sorted by key: neighbouring entries share index pages, written once per transaction
     _insert(uow, "audit_patient", "patient", sorted(set(patients)))
     _insert(uow, "audit_entity", "ref", sorted(set(refs)))
