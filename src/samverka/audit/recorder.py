@@ -202,6 +202,12 @@ class GroupCommit:
         self._anchored = 0  # the read chain's position last anchored in the store (audit.logs.anchor)
         self._head: chain.Head | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-commit")
+        # PostgreSQL: the index is written by a thread and connection of its own, so a read's record never
+        # waits behind a chunk (on SQLite the file's one write lock would make it wait all the same)
+        self._separate_index = repo.dialect == "postgresql" and bool(getattr(repo, "url", None))
+        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="audit-index") if self._separate_index \
+            else self._pool
+        self._indexer: Repository | None = None
         self.commits = 0
         self.records = 0
         self.indexed = 0
@@ -268,16 +274,16 @@ class GroupCommit:
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reads waiting go first; when none are, one chunk of the patient and entity index (audit.side).
 
-        The chunk runs in the same thread, so a batch arriving meanwhile waits at most one chunk. Its
-        completion is noted by the thread itself: a loop that ends meanwhile leaves nothing stuck."""
-        if self._busy:
-            return
-        if self._pending:
+        On SQLite the chunk runs in the same thread, so a batch arriving meanwhile waits at most one chunk;
+        on PostgreSQL in a thread of its own, alongside. Its completion is noted by that thread itself: a
+        loop that ends meanwhile leaves nothing stuck."""
+        if not self._busy and self._pending:
             self._start(loop)
-        elif self._unindexed and not self._indexing and not self._closed:
+        if (self._unindexed and not self._indexing and not self._closed
+                and (self._separate_index or (not self._busy and not self._pending))):
             self._indexing, self._unindexed, self._behind = True, False, 0
             try:
-                done = self._pool.submit(self._index)
+                done = self._index_pool.submit(self._index)
             except RuntimeError:  # closed
                 self._indexing = False
                 return
@@ -298,7 +304,8 @@ class GroupCommit:
         """In the committing thread: index the next chunk of records (ours and other processes'), of the
         read chain and of the store's own (write records, appended by write transactions); True when more
         records wait."""
-        reads, store = self._writer_repo(), self._store_writer()
+        reads = self._index_repo() if self._separate_index else self._writer_repo()
+        store = reads if self._separate_index else self._store_writer()
         more = False
         for repo in dict.fromkeys([reads, store]):
             if side.backlog(repo) <= 0:
@@ -383,6 +390,15 @@ class GroupCommit:
                 self._writer = self.repo
         return self._writer
 
+    def _index_repo(self) -> Repository:
+        """PostgreSQL: the index thread's own connection; derived rows, so asynchronous commit always."""
+        if self._indexer is None:
+            from ..store.postgres import PostgresRepository
+
+            self._indexer = PostgresRepository(str(getattr(self.repo, "url")), min_size=1, max_size=1,  # noqa: B009
+                                               session={"synchronous_commit": "off"})
+        return self._indexer
+
     def _checkpoint(self, writer: Repository) -> None:
         """A SQLite file this thread writes is checkpointed by a thread of its own (`audit.checkpoint`)."""
         checkpoint.hand_over(writer)
@@ -406,13 +422,14 @@ class GroupCommit:
         self._closed = True
         self.stop()
         self._pool.shutdown(wait=True)
+        self._index_pool.shutdown(wait=True)
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
-        for repo in (self._writer, self._store):
-            if repo is not None and repo is not self.repo:  # connections of this thread's own
+        for repo in (self._writer, self._store, self._indexer):
+            if repo is not None and repo is not self.repo:  # connections of these threads' own
                 repo.close()
-        self._writer = self._store = None
+        self._writer = self._store = self._indexer = None
 
 
 def dumps(events: Sequence[dict[str, Any]]) -> bytes:
