@@ -32,7 +32,7 @@ class IndexRows:
     strings: list[tuple[int, str, str]] = field(default_factory=list)  # (param, normalised, exact)
     dates: list[tuple[int, int, int]] = field(default_factory=list)  # (param, lo_us, hi_us)
     numbers: list[tuple[int, float, float]] = field(default_factory=list)  # (param, lo, hi)
-    # (param, system_hash, code_hash, lo, hi); a canonical (UCUM) form may add a second row
+    # (param, system_hash, code_hash, lo, hi): units as given (no UCUM conversion)
     quantities: list[tuple[int, int, int, float, float]] = field(default_factory=list)
     # (param, ref_hash, target_type, target) -- target is the id for local references, else the URL
     references: list[tuple[int, int, str, str]] = field(default_factory=list)
