@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from samverka.audit import chain, logs, side
+from samverka.audit.groupcommit import GroupCommit
 from samverka.audit.model import Entity, Who, event
-from samverka.audit.recorder import GroupCommit
 from samverka.store import Repository
 from samverka.store.sqlite import SqliteRepository
 

@@ -2,7 +2,7 @@
 
 https://www.sqlite.org/wal.html#checkpointing -- by default the connection whose commit takes the WAL
 past 1,000 pages copies it back into the database file, fsync included, inside that commit. The
-committing thread (`recorder.GroupCommit`) writes the patient and entity index of read records: rows at
+committing thread (`groupcommit.GroupCommit`) writes the patient and entity index of read records: rows at
 random places of large indexes, ~1 MB of WAL per chunk. So every few chunks one of them ran a checkpoint
 (20-60 ms on the 1M benchmark store), and the reads whose records waited behind it showed as bursts of
 30-60 ms searches. Here a thread of its own runs a PASSIVE checkpoint every `INTERVAL` seconds, which

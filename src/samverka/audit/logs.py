@@ -1,7 +1,7 @@
 """Where the audit chains live: write records in the store, read records beside it on SQLite.
 
 A write's AuditEvent is appended inside the write's own transaction (`recorder.Auditing`), so it must
-live in the store's database. A read's record is appended by `recorder.GroupCommit` in a transaction of
+live in the store's database. A read's record is appended by `groupcommit.GroupCommit` in a transaction of
 its own anyway, and on SQLite every such commit to the store's file made every other connection to that
 file drop its page cache: under a steady read load each search paid for re-reading its pages (measured on
 the 1M-resource search store: 20-25% of a search's HTTP latency). So on SQLite the read and failure

@@ -8,7 +8,7 @@ the search itself: about a hundred randomly placed index entries per commit. The
 instead, for many records per transaction, behind a watermark (`audit_indexed.pos`: every record up to
 it is indexed, none after it):
 
-- the committing thread of read records (`recorder.GroupCommit`) indexes small chunks when no reads
+- the committing thread of read records (`groupcommit.GroupCommit`) indexes small chunks when no reads
   are waiting, every `TICK` seconds and whenever `EAGER` reads are behind;
 - every query of the log (`query.search`, `read`, `report`) first calls `catch_up`, so an auditor never
   misses a record that is committed but not indexed yet;
