@@ -12,14 +12,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from samverka.interactions.search import search
 from samverka.search import drive, window
 from samverka.search.params import Registry
 from samverka.search.query import parse_pairs
-from support.semantics import BASE, Seeded
+from support.semantics import Seeded
 
 MIGRATIONS = Path(window.__file__).parents[1] / "store" / "migrations"
 
@@ -81,18 +79,6 @@ def spans(store: Seeded) -> Seeded:
     return store
 
 
-def _explain(db: Seeded, type_: str, query: str) -> dict[str, Any]:
-    result = search(db.svc, BASE, type_, [*parse_pairs(query), ("_explain", "true"), ("_count", "1000")],
-                    strict=True)
-    assert result.resource is not None
-    for e in result.resource["entry"]:
-        if e["search"]["mode"] == "outcome":
-            for issue in e["resource"]["issue"]:
-                if issue["code"] == "informational":
-                    return dict(orjson.loads(issue["diagnostics"]))
-    raise AssertionError("no _explain issue")
-
-
 MONTH = [("ge", "2015-03-01", "lt", "2015-04-01"), ("ge", "2015-03-01", "le", "2015-03-31"),
          ("gt", "2015-02-28", "lt", "2015-04-01"), ("sa", "2015-02-28", "eb", "2015-04-01"),
          ("ge", "2015-03", "eb", "2015-04"), ("gt", "2015-03-01T00:00:00Z", "le", "2015-03-31T23:59:59Z"),
@@ -106,7 +92,7 @@ def test_a_window_finds_the_intersection(spans: Seeded, low: str, a: str, high: 
     assert expected, "the case must match something"
     assert spans.ids("Encounter", f"{q_low}&{q_high}") == expected
     assert spans.ids("Encounter", f"{q_high}&{q_low}") == expected
-    ex = _explain(spans, "Encounter", f"{q_low}&{q_high}")
+    ex = spans.explain("Encounter", f"{q_low}&{q_high}")
     assert ex["strategy"].startswith("driven by date window"), ex
 
 
@@ -124,12 +110,12 @@ def test_ored_values_widen_a_window_to_their_hull(spans: Seeded) -> None:
     expected = spans.ids("Encounter", q.split("&")[0]) & spans.ids("Encounter", q.split("&")[1])
     assert spans.ids("Encounter", q) == expected
     assert "w-starts-after" in expected and "w-ten-days-before" not in expected  # April: ge03-01 and lt06-01
-    assert _explain(spans, "Encounter", q)["strategy"].startswith("driven by date window")
+    assert spans.explain("Encounter", q)["strategy"].startswith("driven by date window")
 
 
 def test_no_window_without_both_sides_or_for_one_criterion(spans: Seeded) -> None:
     for q in ("date=ge2015-03-01&date=ne2015-03-10", "date=2015-03", "date=ge2015-03-01&status=finished"):
-        ex = _explain(spans, "Encounter", q)
+        ex = spans.explain("Encounter", q)
         assert "window" not in ex["strategy"] and not any("window" in p for p in ex["probes"]), (q, ex)
     assert spans.ids("Encounter", "date=ge2016-01-01&date=ne2016-01") == {
         "w-open-in", "v-open-in", "w-open-after", "v-open-after", "x-two", "x-before-min", "x-after-max"}
@@ -138,7 +124,7 @@ def test_no_window_without_both_sides_or_for_one_criterion(spans: Seeded) -> Non
 def test_no_window_where_a_resource_holds_several_values(spans: Seeded) -> None:
     """A Timing is a row per event: the Observation matches `ge2015` by one and `lt2012` by the other."""
     assert spans.ids("Observation", "date=ge2015-01-01&date=lt2012-01-01") == {"o-timing"}
-    assert "window" not in _explain(spans, "Observation", "date=ge2015-01-01&date=lt2012-01-01")["strategy"]
+    assert "window" not in spans.explain("Observation", "date=ge2015-01-01&date=lt2012-01-01")["strategy"]
     reg = Registry.default()
     assert window.single_valued(reg.get("Encounter", "date"), "Encounter")  # Encounter.period
     assert window.single_valued(reg.get("Procedure", "date"), "Procedure")  # performed[x]: no Timing
@@ -155,7 +141,7 @@ def test_an_intersected_driver_finds_the_same(spans: Seeded, monkeypatch: pytest
     monkeypatch.setattr(drive, "INTERSECT_FROM", 1)
     monkeypatch.setattr(drive, "INTERSECT_RATIO", 100)
     assert spans.ids("Encounter", q) == before
-    ex = _explain(spans, "Encounter", q)
+    ex = spans.explain("Encounter", q)
     assert " and " in ex["strategy"] and "date window" in ex["strategy"], ex
     assert any("intersected with" in n for n in ex["notes"]), ex
 
@@ -178,7 +164,7 @@ def test_the_window_reads_the_long_rows_from_their_index(spans: Seeded) -> None:
     from samverka.search.query import parse
 
     q = parse(spans.svc.registry, "Encounter", parse_pairs("date=ge2015-03-01&date=lt2015-04-01"))
-    [(_name, sql, params)] = window.date_windows(q)
+    [(_pid, _name, sql, params)] = window.date_windows(q)
     repo = spans.svc.repo
     if spans.backend == "postgresql":
         with repo.transaction() as uow:  # a tiny table: make the planner show whether the index applies at all
@@ -215,7 +201,7 @@ def test_windows_at_the_edges_of_the_data(spans: Seeded, low: str, high: str) ->
     criteria find apart."""
     expected = spans.ids("Encounter", low) & spans.ids("Encounter", high)
     assert spans.ids("Encounter", f"{low}&{high}") == expected
-    ex = _explain(spans, "Encounter", f"{low}&{high}")
+    ex = spans.explain("Encounter", f"{low}&{high}")
     if low == "date=ge0001-01-01":  # `lt0001-01-02` holds fewer keys: it drives, the window is only probed
         assert "date window" in ex["probes"], ex
     else:
@@ -251,11 +237,11 @@ def test_rows_written_before_v20(spans: Seeded) -> None:
         assert (pid, "Encounter") in pairs and (pid, "Observation") in pairs  # the Timing: legitimately several
         drive._MULTIVALUED.clear()
         q = "date=ge2015-03-01&date=lt2015-04-01"
-        assert "window" not in _explain(spans, "Encounter", q)["strategy"]
+        assert "window" not in spans.explain("Encounter", q)["strategy"]
     finally:
         with repo.transaction() as uow:
             uow.execute("DELETE FROM idx_date WHERE param = ? AND res = ? AND lo IN (?, ?)",
                         [pid, res, 1_400_000_000_000_000, 1_300_000_000_000_000])
             uow.execute("DELETE FROM date_multivalued", [])
         drive._MULTIVALUED.clear()
-    assert _explain(spans, "Encounter", q)["strategy"].startswith("driven by date window")
+    assert spans.explain("Encounter", q)["strategy"].startswith("driven by date window")

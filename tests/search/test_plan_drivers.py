@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 import pytest
 
 from samverka.fhir.instant import format_instant
@@ -21,18 +20,6 @@ from samverka.search.query import parse_pairs
 from support.semantics import BASE, Seeded
 
 LOINC = "http://loinc.org"
-
-
-def _explain(db: Seeded, type_: str, query: str) -> dict[str, Any]:
-    result = search(db.svc, BASE, type_, [*parse_pairs(query), ("_explain", "true"), ("_count", "1000")],
-                    strict=True)
-    assert result.resource is not None
-    for e in result.resource["entry"]:
-        if e["search"]["mode"] == "outcome":
-            for issue in e["resource"]["issue"]:
-                if issue["code"] == "informational":
-                    return dict(orjson.loads(issue["diagnostics"]))
-    raise AssertionError("no _explain issue")
 
 
 def _total(db: Seeded, type_: str, query: str) -> int:
@@ -91,7 +78,7 @@ def test_last_updated_window_drives_and_says_so(stamped: tuple[Seeded, list[tupl
     db, stamps = stamped
     q = f"_lastUpdated=ge{_ms(stamps[4][1])}&_lastUpdated=lt{_ms(stamps[7][1])}"
     assert db.ids("Condition", q) == {"c04", "c05", "c06"}
-    ex = _explain(db, "Condition", q)
+    ex = db.explain("Condition", q)
     assert ex["strategy"] == ("driven by _lastUpdated window of Condition (3 candidate keys, a superset: every"
                               " criterion checked)"), ex
     assert "_lastUpdated not probed (the _lastUpdated window bounds it)" in ex["notes"]
@@ -111,7 +98,7 @@ def test_last_updated_window_with_or_values_and_other_types(stamped: tuple[Seede
 
 def test_last_updated_window_needs_both_sides(stamped: tuple[Seeded, list[tuple[str, int]]]) -> None:
     db, stamps = stamped
-    ex = _explain(db, "Condition", f"_lastUpdated=ge{_ms(stamps[4][1])}&_lastUpdated=ne{_ms(stamps[7][1])}")
+    ex = db.explain("Condition", f"_lastUpdated=ge{_ms(stamps[4][1])}&_lastUpdated=ne{_ms(stamps[7][1])}")
     assert "window" not in ex["strategy"]
     assert db.ids("Condition", f"_lastUpdated=ge{_ms(stamps[10][1])}&_lastUpdated=ne{_ms(stamps[11][1])}") == {
         "c10"}
@@ -152,7 +139,7 @@ def test_a_wide_exact_driver_drives_a_sparse_month(clinic: Seeded, monkeypatch: 
     monkeypatch.setattr(drive, "PROBE_LIMIT", 5)
     q = "service-provider=Organization/org-a&date=ge2015-03-01&date=lt2015-04-01"
     assert clinic.ids("Encounter", q) == {"a2", "a-long"}
-    ex = _explain(clinic, "Encounter", q)
+    ex = clinic.explain("Encounter", q)
     assert ex["strategy"] == "driven by service-provider (11 candidate keys)", ex
     assert any("driven rather than walked" in n for n in ex["notes"]), ex
     # the open-ended encounter overlaps every later month
@@ -164,14 +151,14 @@ def test_a_wide_driver_over_much_of_the_type_walks(clinic: Seeded, monkeypatch: 
     monkeypatch.setattr(drive, "PROBE_LIMIT", 5)
     q = "service-provider=Organization/org-b&date=ge2015-03-01&date=lt2015-04-01"
     assert clinic.ids("Encounter", q) == {f"b{i}" for i in range(40)}
-    ex = _explain(clinic, "Encounter", q)
+    ex = clinic.explain("Encounter", q)
     assert ex["strategy"] == "walk the type index in key order", ex
 
 
 def test_open_date_ranges_are_not_probed_once_something_drives(clinic: Seeded) -> None:
     q = f"patient=pat1&code={LOINC}|2&date=ge2016-01-15&date=le2016-12-31&_sort=-date"
     assert clinic.ids("Observation", q) == {"o11"}
-    ex = _explain(clinic, "Observation", q)
+    ex = clinic.explain("Observation", q)
     assert ex["strategy"].startswith("driven by "), ex
     assert "date not probed (an open range scans its parameter from the start)" in ex["notes"], ex
     assert "date" not in ex["probes"], ex
@@ -199,7 +186,7 @@ def test_accurate_total_of_a_walked_plan(clinic: Seeded, monkeypatch: pytest.Mon
     assert delete(clinic.svc, "Observation", "o-gone").status in (200, 204)
     q = f"code={LOINC}|1,{LOINC}|3"
     assert _total(clinic, "Observation", q) == 4
-    ex = _explain(clinic, "Observation", q)
+    ex = clinic.explain("Observation", q)
     assert ex["strategy"] == "walk the type index in key order", ex
     expected = ("count driven by code, hash-joined to the Observation keys" if clinic.backend == "postgresql"
                 else "count driven by code")
@@ -213,10 +200,10 @@ def test_an_open_range_is_the_last_resort_before_a_walk(clinic: Seeded, monkeypa
     monkeypatch.setattr(drive, "PROBE_LIMIT", 5)
     q = "service-provider=Organization/org-b&date=ge2030-01-01"
     assert clinic.ids("Encounter", q) == set()
-    ex = _explain(clinic, "Encounter", q)
+    ex = clinic.explain("Encounter", q)
     assert ex["strategy"] == "driven by date (1 candidate keys)", ex  # org-a's open-ended a9
     assert clinic.ids("Encounter", "service-provider=Organization/org-a&date=ge2015-10-01") == {"a9"}
-    ex = _explain(clinic, "Encounter", "service-provider=Organization/org-a&date=ge2015-10-01")
+    ex = clinic.explain("Encounter", "service-provider=Organization/org-a&date=ge2015-10-01")
     assert ex["strategy"] == "driven by service-provider (11 candidate keys)", ex
     assert "date not probed (an open range scans its parameter from the start)" in ex["notes"], ex
 

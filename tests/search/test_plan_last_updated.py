@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 import pytest
 
 from samverka.fhir.instant import format_instant
@@ -21,18 +20,6 @@ from samverka.interactions.delete import delete
 from samverka.interactions.search import search
 from samverka.search.query import parse_pairs
 from support.semantics import BASE, Seeded
-
-
-def _explain(db: Seeded, type_: str | None, query: str) -> dict[str, Any]:
-    result = search(db.svc, BASE, type_, [*parse_pairs(query), ("_explain", "true"), ("_count", "1000")],
-                    strict=True)
-    assert result.resource is not None
-    for e in result.resource["entry"]:
-        if e["search"]["mode"] == "outcome":
-            for issue in e["resource"]["issue"]:
-                if issue["code"] == "informational":
-                    return dict(orjson.loads(issue["diagnostics"]))
-    raise AssertionError("no _explain issue")
 
 
 def _ms(us: int) -> str:
@@ -103,7 +90,7 @@ def test_the_typed_window_finds_the_intersection(window: tuple[Seeded, dict[str,
         expected = db.ids("Condition", q_low) & db.ids("Condition", q_high)
         assert db.ids("Condition", f"{q_low}&{q_high}") == expected, (a, b)
         assert not expected & {"gone-in", "gone-after", "gone-early"}
-        ex = _explain(db, "Condition", f"{q_low}&{q_high}")
+        ex = db.explain("Condition", f"{q_low}&{q_high}")
         # the window, unless a criterion's own (closed) probe found nothing to drive from
         assert ex["strategy"].startswith("driven by _lastUpdated window of Condition (") or ex["strategy"] in (
             "driven by _lastUpdated (0 candidate keys)", "driven by _lastUpdated #2 (0 candidate keys)"), ex
@@ -132,7 +119,7 @@ def test_the_window_counts_only_live_rows_of_the_type(window: tuple[Seeded, dict
     db, s = window
     q = f"_lastUpdated=ge{_ms(s['c02'])}&_lastUpdated=le{_ms(s['c05'])}"
     assert db.ids("Condition", q) == {"c02", "c03", "c04", "c05"}
-    ex = _explain(db, "Condition", q)
+    ex = db.explain("Condition", q)
     assert ex["strategy"] == ("driven by _lastUpdated window of Condition (4 candidate keys, a superset: every"
                               " criterion checked)"), ex
     assert "resources lu" in ex["sql"] and "idx_date x WHERE x.param" not in ex["sql"], ex
@@ -155,7 +142,7 @@ def test_other_criteria_are_still_checked(window: tuple[Seeded, dict[str, int]])
 def test_a_search_of_several_types_keeps_the_date_index_window(window: tuple[Seeded, dict[str, int]]) -> None:
     db, s = window
     q = f"_type=Condition,Procedure&_lastUpdated=ge{_ms(s['c03'])}&_lastUpdated=lt{_ms(s['c05'])}"
-    ex = _explain(db, None, q)
+    ex = db.explain(None, q)
     assert ex["strategy"].startswith("driven by _lastUpdated window ("), ex
     result = search(db.svc, BASE, None, [*parse_pairs(q), ("_count", "1000")], strict=True)
     assert result.resource is not None
@@ -173,12 +160,12 @@ def test_a_wide_window_drives_only_when_a_small_part_of_the_type(window: tuple[S
     monkeypatch.setattr(drive, "PROBE_LIMIT", 1)
     monkeypatch.setattr(drive, "_TYPE_ROWS", {})
     few = f"_lastUpdated=ge{_ms(s['c02'])}&_lastUpdated=le{_ms(s['c02'])}"  # 1 of the 11 live Conditions
-    ex = _explain(db, "Condition", few)
+    ex = db.explain("Condition", few)
     assert ex["strategy"] == ("driven by _lastUpdated window of Condition (1 candidate keys, a superset: every"
                               " criterion checked)"), ex
     assert db.ids("Condition", few) == {"c02"}
     many = f"_lastUpdated=ge{_ms(s['c01'])}&_lastUpdated=le{_ms(s['moved'])}"  # 10 of 11
-    ex = _explain(db, "Condition", many)
+    ex = db.explain("Condition", many)
     assert ex["strategy"] == "walk the type index in key order", ex
     assert any("more than 1/4 of the" in n for n in ex["notes"]), ex
     assert db.ids("Condition", many) == {f"c{i:02d}" for i in range(1, 10)} | {"moved"}

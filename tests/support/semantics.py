@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from samverka.errors import FhirError
@@ -34,6 +35,18 @@ class Seeded:
         entries = result.resource.get("entry", [])
         assert not any(link["relation"] == "next" for link in result.resource["link"]), "more than one page"
         return {e["fullUrl"].rsplit("/", 1)[1] for e in entries if e["search"]["mode"] == "match"}
+
+    def explain(self, type_: str | None, query: str) -> dict[str, Any]:
+        """The `_explain` diagnostics (strategy, probes, notes, SQL) of `Type?query`."""
+        result = search(self.svc, BASE, type_, [*parse_pairs(query), ("_explain", "true"), ("_count", "1000")],
+                        strict=True)
+        assert result.resource is not None
+        for e in result.resource["entry"]:
+            if e["search"]["mode"] == "outcome":
+                for issue in e["resource"]["issue"]:
+                    if issue["code"] == "informational":
+                        return dict(orjson.loads(issue["diagnostics"]))
+        raise AssertionError("no _explain issue")
 
     def error(self, type_: str, query: str) -> FhirError:
         """The FhirError the search raises (fails when it answers instead)."""

@@ -60,7 +60,7 @@ def release_startup_memory() -> None:
     """Hand the memory freed after start-up (the parsed definitions' peak) back to the OS: about
     45 MB per worker with glibc, which otherwise keeps the freed heap mapped. What survives start-up (the
     definitions, the search registry) lives as long as the process: frozen, so that the collector's full
-    passes no longer walk it (each took ~80 ms, stalling the requests in flight)."""
+    passes no longer walk it (a full pass over it took ~80 ms)."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -25,30 +25,37 @@ BACKSTOP_PAGES = 16_000  # the writer checkpoints itself past this many WAL page
 
 
 class Checkpointer:
-    """One thread checkpointing `paths` until `close`."""
+    """One thread checkpointing the files `add`ed to it, until `close`."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
         self.runs = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-checkpoint", daemon=True)
         self._thread.start()
 
+    def add(self, path: Path) -> None:
+        """Checkpoint `path` too, from the next round on."""
+        if path not in self.paths:
+            self.paths = [*self.paths, path]  # a new list: the thread iterates over the one it read
+
     def _run(self) -> None:
         from ..store.sqlite import SqliteRepository
 
-        repos: list[Repository] = []
+        repos: dict[Path, Repository] = {}
         try:
-            repos = [SqliteRepository(p) for p in self.paths]
             while not self._stop.wait(INTERVAL):
-                for repo in repos:
+                for path in self.paths:
+                    repo = repos.get(path)
+                    if repo is None:
+                        repo = repos[path] = SqliteRepository(path)
                     # (busy, WAL pages, pages checkpointed); busy when another process checkpoints
                     repo.fetch("PRAGMA wal_checkpoint(PASSIVE)", ())
                 self.runs += 1
         except Exception:  # the writers' backstop checkpoints go on; say why this thread stopped
             log.exception("audit checkpoint thread stopped")
         finally:
-            for repo in repos:
+            for repo in repos.values():
                 repo.close()
 
     def close(self) -> None:

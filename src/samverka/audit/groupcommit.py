@@ -157,9 +157,9 @@ class GroupCommit:
                 continue
             with repo.transaction() as uow:
                 self._async_commit(repo, uow)  # derived rows: written again by the next chunk if ever lost
-                n = side.index_chunk(uow, repo.dialect, side.CHUNK, side.ROW_BUDGET)
+                n, left = side.index_chunk(uow, repo.dialect, side.CHUNK, side.ROW_BUDGET)
             self.indexed += n
-            more = more or (n > 0 and side.backlog(repo) > 0)
+            more = more or left
         if store is not reads:  # SQLite: keep the store's anchor of the read chain
             self._anchored = max(self._anchored, logs.anchor(store, reads, self._anchored))
         return more
@@ -247,10 +247,9 @@ class GroupCommit:
     def _checkpoint(self, writer: Repository) -> None:
         """A SQLite file this thread writes is checkpointed by a thread of its own (`audit.checkpoint`)."""
         checkpoint.hand_over(writer)
-        paths = [*(self._checkpointer.paths if self._checkpointer else []), getattr(writer, "path")]  # noqa: B009
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-        self._checkpointer = checkpoint.Checkpointer(paths)
+        if self._checkpointer is None:
+            self._checkpointer = checkpoint.Checkpointer()
+        self._checkpointer.add(getattr(writer, "path"))  # noqa: B009 (a SQLite repository has one)
 
     def _async_commit(self, repo: Repository, uow: UnitOfWork) -> None:
         """PostgreSQL without `flush`: commit without waiting for the WAL flush (unless the session does)."""

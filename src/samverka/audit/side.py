@@ -52,14 +52,14 @@ def _insert(uow: UnitOfWork, table: str, col: str, rows: list[tuple[str, int]]) 
                     + f" ON CONFLICT ({col}, pos) DO NOTHING", [v for row in chunk for v in row])
 
 
-def index_chunk(uow: UnitOfWork, dialect: str, limit: int, max_rows: int | None = None) -> int:
+def index_chunk(uow: UnitOfWork, dialect: str, limit: int, max_rows: int | None = None) -> tuple[int, bool]:
     """Index up to `limit` records after the watermark inside the open transaction, stopping after the
-    record that brings the index rows to `max_rows`; returns how many records."""
+    record that brings the index rows to `max_rows`; returns how many records, and whether more wait."""
     lock = " FOR UPDATE" if dialect == "postgresql" else ""
     mark = int(uow.execute(f"SELECT pos FROM audit_indexed WHERE one = 1{lock}", ())[0][0])
     head = int(uow.execute("SELECT pos FROM audit_head WHERE one = 1", ())[0][0])
     if head <= mark:
-        return 0
+        return 0, False
     rows = uow.execute("SELECT pos, data FROM audit_log WHERE pos > ? AND pos <= ? ORDER BY pos",
                        (mark, min(head, mark + limit)))
     patients: list[tuple[str, int]] = []
@@ -76,23 +76,25 @@ def index_chunk(uow: UnitOfWork, dialect: str, limit: int, max_rows: int | None 
     # sorted by key: neighbouring entries share index pages, written once per transaction
     _insert(uow, "audit_patient", "patient", sorted(set(patients)))
     _insert(uow, "audit_entity", "ref", sorted(set(refs)))
-    if rows:
-        uow.execute("UPDATE audit_indexed SET pos = ? WHERE one = 1", (int(rows[-1][0]),))
-    return len(rows)
+    if not rows:
+        return 0, False
+    last = int(rows[-1][0])
+    uow.execute("UPDATE audit_indexed SET pos = ? WHERE one = 1", (last,))
+    return len(rows), last < head
 
 
 def catch_up(repo: Repository, limit: int | None = None, chunk: int = CATCH_UP) -> int:
     """Index the records after the watermark (at most `limit` of them), `chunk` per transaction."""
     done = 0
+    if backlog(repo) <= 0:  # an unlocked hint: no write transaction when nothing waits
+        return 0
     while limit is None or done < limit:
-        if backlog(repo) <= 0:
-            break
         step = chunk if limit is None else min(chunk, limit - done)
         with repo.transaction() as uow:
-            n = index_chunk(uow, repo.dialect, step)
-        if n == 0:
-            break
+            n, more = index_chunk(uow, repo.dialect, step)
         done += n
+        if not more:
+            break
     return done
 
 

@@ -110,8 +110,11 @@ def candidates(db: Fetcher, query: Query) -> list[Candidate]:
         else:
             out.append(Candidate(None, "_lastUpdated window", "SELECT x.res FROM idx_date x WHERE x.param = ?"
                                  " AND x.lo >= ? AND x.lo <= ?", [pid, lo, hi], CLOSED, PROBE_LIMIT, True))
-    for name, sql, params in date_windows(query, _multivalued(db) if query.type is not None else frozenset()):
-        out.append(Candidate(None, name, sql, list(params), CLOSED, PROBE_LIMIT, False))
+    windows = date_windows(query)
+    skip = _multivalued(db) if windows else frozenset()  # read only when a window is possible at all
+    for pid, name, sql, params in windows:
+        if (pid, query.type) not in skip:
+            out.append(Candidate(None, name, sql, list(params), CLOSED, PROBE_LIMIT, False))
     return out
 
 

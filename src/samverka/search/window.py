@@ -19,6 +19,8 @@ no single window holds.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from . import normalize
 from .compile_extract import single_valued
 from .params import Registry
@@ -99,7 +101,7 @@ def _window(nodes: list[Criterion], span: int) -> tuple[int, int] | None:
     return None if lo is None or hi is None else (lo, hi)
 
 
-def is_last_updated(node: object) -> bool:
+def is_last_updated(node: object) -> TypeGuard[Criterion]:
     return (isinstance(node, Criterion) and node.param == Registry.default().get("Resource", "_lastUpdated")
             and node.modifier is None)
 
@@ -108,28 +110,26 @@ def last_updated_window(query: Query) -> tuple[int, int, int] | None:
     """(param id, lowest lo, highest lo) of the rows every `_lastUpdated` criterion of `query` can match,
     when together they bound both sides; None otherwise."""
     std = Registry.default().get("Resource", "_lastUpdated")
-    nodes = [n for n in query.criteria if isinstance(n, Criterion) and is_last_updated(n)]
+    nodes = [n for n in query.criteria if is_last_updated(n)]
     found = _window(nodes, LAST_UPDATED_SPAN_US) if nodes else None
     if std is None or found is None:
         return None
     return std.id, found[0], found[1]
 
 
-def date_windows(query: Query, multivalued: frozenset[tuple[int, str]] = frozenset()
-                 ) -> list[tuple[str, str, list[int]]]:
-    """(name, `SELECT x.res ...`, params) of a window per date parameter (other than `_lastUpdated`) whose
-    criteria bound both sides, for a search of one type holding at most one value of it -- by definition
-    (`single_valued`), and in the store: `multivalued` lists (param, type) pairs with rows written before
-    schema v20 that hold several values (migration 0020)."""
+def date_windows(query: Query) -> list[tuple[int, str, str, list[int]]]:
+    """(param id, name, `SELECT x.res ...`, params) of a window per date parameter (other than `_lastUpdated`)
+    whose criteria bound both sides, for a search of one type that R4 allows one value of it
+    (`single_valued`). The store may still hold several for rows written before schema v20: the caller
+    drops those (param, type) pairs (`date_multivalued`, migration 0020)."""
     by_param: dict[int, list[Criterion]] = {}
     for node in query.criteria:
         if (isinstance(node, Criterion) and node.param.type == "date" and node.modifier is None
                 and not is_last_updated(node)):
             by_param.setdefault(node.param.id, []).append(node)
-    out: list[tuple[str, str, list[int]]] = []
+    out: list[tuple[int, str, str, list[int]]] = []
     for pid, nodes in by_param.items():
-        if (len(nodes) < 2 or query.type is None or not single_valued(nodes[0].param, query.type)
-                or (pid, query.type) in multivalued):
+        if len(nodes) < 2 or query.type is None or not single_valued(nodes[0].param, query.type):
             continue
         short = _window(nodes, SHORT_SPAN_US - 1)
         if short is None:
@@ -138,8 +138,8 @@ def date_windows(query: Query, multivalued: frozenset[tuple[int, str]] = frozens
         params: list[int] = [pid, *short]
         for cls, below in SPAN_CLASSES:
             found = _window(nodes, _UNBOUNDED_SPAN if below is None else below - 1)
-            if found is None or found[0] > found[1]:
-                continue
+            if found is None or (below is not None and found[0] > found[1]):
+                continue  # (the last class has no lower bound, so nothing to compare it with)
             cond = f"SELECT x.res FROM idx_date x WHERE x.param = ? AND {LONG_ROW} AND {SPAN_CLASS} = {cls}"
             if below is None:  # no lower bound: an offset may take a value a few hours past years 1-9999
                 parts.append(f"{cond} AND x.lo <= ?")
@@ -147,5 +147,5 @@ def date_windows(query: Query, multivalued: frozenset[tuple[int, str]] = frozens
             else:
                 parts.append(f"{cond} AND x.lo >= ? AND x.lo <= ?")
                 params += [pid, *found]
-        out.append((f"{nodes[0].raw_name} window", " UNION ALL ".join(parts), params))
+        out.append((pid, f"{nodes[0].raw_name} window", " UNION ALL ".join(parts), params))
     return out
